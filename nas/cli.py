@@ -1,0 +1,241 @@
+"""``nas-search``: search the MnasNet space for the network that maximizes ``ACC x (MACs/T)^w``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, SearchConfig, config_fields, make_config, mask_url, public_dict, read_config_file
+from .progress import Progress
+
+log = logging.getLogger("nas-search")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nas-search", description=__doc__,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
+    a = p.add_argument
+    a("--config", help="YAML file of options (keys = flag names); flags override it")
+    g = p.add_argument_group("objective")
+    g.add_argument("--target-flops", help="MACs target T: 400M, 0.4G, 4e8 or 400000000 [400M]")
+    g.add_argument("--reward-exponent", type=float, help="w of the soft constraint [-0.07]")
+    g.add_argument("--reward", help="soft (ACC*(MACs/T)^w) or hard (w=0 at or under T, -1 over) [soft]")
+    g.add_argument("--flops-band", type=float, help="reject untrained outside [T/band, T*band] [4]")
+    g.add_argument("--resolution", type=int, help="deployment resolution at which MACs are counted [224]")
+    g = p.add_argument_group("proxy task")
+    g.add_argument("--dataset", help="digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic [digits]")
+    g.add_argument("--data-dir", help="dataset directory (fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    g.add_argument("--proxy-resolution", type=int, help="training resolution of the proxy [32]")
+    g.add_argument("--val-size", type=float, help="held-out part of the training set: fraction or count [0.1]")
+    g.add_argument("--train-size", type=int, help="cap on training images")
+    g.add_argument("--epochs", type=float, help="proxy epochs per trial [1]")
+    g.add_argument("--batch-size", type=int, help="[128]")
+    g.add_argument("--lr", type=float, help="learning rate [the trainer's default]")
+    g.add_argument("--max-seconds", type=float, help="training time cap per trial")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N [auto]")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g = p.add_argument_group("controller")
+    g.add_argument("--trials", type=int, help="finished trials in the study, all workers together [20]")
+    g.add_argument("--timeout", type=float, help="wall-clock limit of this worker, seconds")
+    g.add_argument("--sampler", help="tpe, random, nsga2, gp [tpe]")
+    g.add_argument("--pruner", help="hyperband, median, none [hyperband]")
+    g.add_argument("--seed", type=int, help="[0]")
+    g.add_argument("--seed-arch", help="comma-separated presets or YAML files to evaluate first")
+    g.add_argument("--space", help="search-space YAML file or bundled name [mnasnet]")
+    g.add_argument("--storage", help="Optuna storage: journal:PATH, sqlite:///..., postgresql://... "
+                                     "[a journal file in --out]")
+    g.add_argument("--study-name", help="[nas-search]")
+    g.add_argument("--out", help="output directory [runs/nas-search]")
+    g.add_argument("--dry-run", action="store_true", default=None, help="print the plan and exit")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
+    return p
+
+
+def glue_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--target-flops -400M`` -> ``--target-flops=-400M``, so the bad value reaches validation."""
+    takes_value = {s for a in parser._actions if a.nargs is None and a.option_strings for s in a.option_strings}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in takes_value and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and argv[i + 1] not in parser._option_string_actions:
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def parse_config(argv: list[str] | None) -> SearchConfig:
+    parser = build_parser()
+    args = vars(parser.parse_args(glue_negative_values(parser, sys.argv[1:] if argv is None else argv)))
+    file_values = read_config_file(args.pop("config"), config_fields(SearchConfig)) if args.get("config") else {}
+    args.pop("config", None)
+    return make_config(SearchConfig, file_values, args)
+
+
+def train_config(cfg: SearchConfig) -> Any:
+    from .train import TrainConfig
+
+    values = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "device": cfg.device, "seed": cfg.seed,
+              "max_seconds": cfg.max_seconds, "threads": cfg.threads}
+    if cfg.lr is not None:
+        values["lr"] = cfg.lr
+    values.update(cfg.train)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"train: unknown key {unknown[0]!r}, expected one of {sorted(known)}")
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def data_config(cfg: SearchConfig) -> Any:
+    from .data import DataConfig
+
+    try:
+        return DataConfig(name=cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
+                          train_size=cfg.train_size, resolution=cfg.proxy_resolution, seed=cfg.seed)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _plan(cfg: SearchConfig, space: Any, seeds: list) -> str:
+    from search_spaces import count_cost
+
+    from .reward import reward
+
+    lines = [
+        f"space      {space.name} ({cfg.space}): {space.size():.3e} architectures, {len(space.choices())} "
+        f"parameters, digest {space.digest()}",
+        f"dataset    {cfg.dataset} ({cfg.data_dir or 'default location'}), proxy {cfg.proxy_resolution}px, "
+        f"{cfg.epochs:g} epoch(s) per trial, held-out {cfg.val_size:g}",
+        f"objective  {cfg.reward} ACC*(MACs/T)^w, T={cfg.target_flops / 1e6:g}M MACs at {cfg.resolution}px, "
+        f"w={cfg.reward_exponent:g}; untrained reject outside x{cfg.flops_band:g}",
+        f"budget     {cfg.trials} trials, timeout {cfg.timeout or 'none'}, sampler {cfg.sampler}, "
+        f"pruner {cfg.pruner}, seed {cfg.seed}",
+        f"storage    {mask_url(cfg.storage) if cfg.storage else str(cfg.out_dir / 'study.journal')}, "
+        f"study {cfg.study_name!r}, out {cfg.out}",
+    ]
+    for arch in seeds:
+        c = count_cost(arch, cfg.resolution)
+        lines.append(f"seed arch  {arch.name}: {c.macs / 1e6:.1f}M MACs, {c.params / 1e6:.2f}M params, "
+                     f"reward at 100% acc {reward(1.0, c.macs, cfg.target_flops, cfg.reward_exponent, cfg.reward):.4f}")
+    return "\n".join(lines)
+
+
+def run(cfg: SearchConfig) -> int:
+    import optuna
+
+    from search_spaces import resolve_arch
+    from search_spaces.space import SearchSpace
+
+    from . import controller as ctl
+    from . import report
+    from .data import load_data
+    from .storage import is_journal, open_storage
+    from .train import TrainingDiverged, train_proxy
+    from search_spaces import build_model
+
+    space = SearchSpace.load(cfg.space)
+    seeds = [resolve_arch(ref) for ref in cfg.seed_arch]
+    for arch in seeds:
+        space.encode(arch)  # raises SpaceError naming the misfit
+    tcfg, dcfg = train_config(cfg), data_config(cfg)
+    if cfg.dry_run:
+        print(_plan(cfg, space, seeds))
+        return 0
+    data = load_data(dcfg)
+    if is_journal(cfg.storage):
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(cfg.storage, cfg.out_dir)
+    n_startup = max(5, min(10, cfg.trials // 4))
+    study = ctl.open_study(cfg.study_name, storage, ctl.study_directions(cfg), ctl.search_settings(cfg, space),
+                           lambda probe: ctl.make_sampler(cfg.sampler, ctl.sampler_seed(cfg.seed, probe), n_startup),
+                           ctl.make_pruner(cfg.pruner))
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    ctl.enqueue_seeds(study, space, seeds)
+
+    def train(arch: Any, trial: Any, seed: int) -> Any:
+        model = build_model(arch, num_classes=data.num_classes, in_chans=data.in_chans)
+        return train_proxy(model, data, dataclasses.replace(tcfg, seed=seed), trial=trial)
+
+    objective = ctl.Objective(cfg, space, train, multi_objective=cfg.sampler == "nsga2")
+    stop = ctl.StopAtTrials(cfg.trials, max_attempts=20 * cfg.trials + 100)
+    start = sum(ctl.counted(t) for t in study.get_trials(deepcopy=False))
+    interrupted = False
+    if not stop.done(study):
+        log.info("searching: %d of %d trials done", start, cfg.trials)
+        try:
+            study.optimize(objective, timeout=cfg.timeout, catch=(TrainingDiverged,),
+                           callbacks=[stop, Progress(cfg.trials, start, cfg.quiet)])
+        except KeyboardInterrupt:
+            interrupted = True
+    rows = report.trial_rows(study.get_trials(deepcopy=False))
+    report.write_leaderboard(rows, cfg.out_dir / "leaderboard.csv")
+    report.plot_pareto(rows, cfg.target_flops, cfg.out_dir / "pareto.png")
+    report.plot_history(rows, cfg.out_dir / "history.png")
+    best = ctl.best_trial(study)
+    extra = {"study_name": cfg.study_name, "storage": mask_url(cfg.storage) if cfg.storage else "journal (default)",
+             "space": {"name": space.name, "digest": space.digest(), "size": space.size()},
+             "seeds": {"seed": cfg.seed, "sampler_seed": getattr(study.sampler, "_seed", None),
+                       "worker_index": ctl.worker_index()},
+             "best_trial": best.number if best else None}
+    report.write_manifest(cfg.out_dir / "manifest.json", public_dict(cfg), extra)
+    if best is not None:
+        arch = space.from_params(best.params).replace(name=f"{cfg.study_name}-trial{best.number}")
+        ua = best.user_attrs
+        header = (f"# best of study {cfg.study_name!r}: trial {best.number}, reward {ua['reward']:.4f}, "
+                  f"accuracy {ua['accuracy']:.4f}, {ua['macs']:,} MACs at {cfg.resolution}px, {ua['params']:,} params\n")
+        (cfg.out_dir / "best.yaml").write_text(header + arch.to_yaml())
+    if not cfg.quiet:
+        print(report.top_table(rows))
+        print(f"\n{sum(ctl.counted(t) for t in study.get_trials(deepcopy=False))} trials; outputs in {cfg.out_dir}/ "
+              f"(best.yaml, leaderboard.csv, pareto.png, history.png, manifest.json)")
+    why = stop.why(study)
+    if why and why != "done":
+        print(f"nas-search: {why}", file=sys.stderr)
+    if interrupted:
+        cmd = " ".join(shlex.quote(mask_url(a)) for a in ["nas-search", *sys.argv[1:]])
+        print(f"nas-search: interrupted; the study is kept. Resume with: {cmd}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from search_spaces import SpecError
+    from search_spaces.space import SpaceError
+
+    from .data import DataError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by Progress
+        cfg = parse_config(argv)
+        if cfg.quiet:
+            logging.getLogger().setLevel(logging.WARNING)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C
+        return run(cfg)
+    except (ConfigError, SpecError, SpaceError, DataError) as exc:
+        print(f"nas-search: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

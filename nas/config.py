@@ -1,0 +1,154 @@
+"""The search's frozen configuration: one value per CLI flag, optionally read from YAML.
+
+Flow: ``--config file.yaml`` -> command-line flags override -> ``SearchConfig`` (validated)
+-> the one function that needs each value. Unknown keys are errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SAMPLERS = ("tpe", "random", "nsga2", "gp")
+PRUNERS = ("hyperband", "median", "none")
+REWARDS = ("soft", "hard")
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is one line naming the value and what was expected."""
+
+
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_count(text: Any, what: str = "--target-flops") -> int:
+    """``400M``, ``0.4G``, ``4e8`` and ``400000000`` all give 400,000,000."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\s*([kKmMgGtT]?)\s*", str(text))
+        if not m:
+            raise ConfigError(f"{what} must be a positive count like 400M, 0.4G, 4e8 or 400000000, but got {text!r}")
+        value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if not value > 0:
+        raise ConfigError(f"{what} must be positive, but got {text!r}")
+    return int(round(value))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything ``nas-search`` needs; field names are the CLI flags with ``-`` -> ``_``."""
+
+    # objective
+    target_flops: int = 400_000_000
+    reward_exponent: float = -0.07
+    reward: str = "soft"  # soft: ACC*(MACs/T)^w ; hard: w=0 at or under T, -1 over
+    flops_band: float = 4.0  # reject untrained when MACs > T*band or < T/band
+    resolution: int = 224  # deployment resolution at which MACs are counted
+    # proxy task
+    dataset: str = "digits"
+    data_dir: str | None = None
+    proxy_resolution: int = 32
+    val_size: float = 0.1
+    train_size: int | None = None
+    epochs: float = 1.0
+    batch_size: int = 128
+    lr: float | None = None  # None: the trainer's default
+    max_seconds: float | None = None  # per-trial training budget
+    device: str = "auto"
+    threads: int | None = None
+    train: dict = field(default_factory=dict)  # any other TrainConfig field
+    # controller
+    trials: int = 20
+    timeout: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    seed: int = 0
+    seed_arch: tuple[str, ...] = ()
+    space: str = "mnasnet"
+    storage: str | None = None
+    study_name: str = "nas-search"
+    out: str = "runs/nas-search"
+    quiet: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_flops", parse_count(self.target_flops))
+        if isinstance(self.seed_arch, str):
+            object.__setattr__(self, "seed_arch", tuple(s for s in self.seed_arch.split(",") if s))
+        else:
+            object.__setattr__(self, "seed_arch", tuple(self.seed_arch))
+        checks = (
+            ("reward", self.reward in REWARDS, f"one of {REWARDS}"),
+            ("sampler", self.sampler in SAMPLERS, f"one of {SAMPLERS}"),
+            ("pruner", self.pruner in PRUNERS, f"one of {PRUNERS}"),
+            ("trials", isinstance(self.trials, int) and self.trials >= 1, "an integer >= 1"),
+            ("timeout", self.timeout is None or self.timeout > 0, "> 0 seconds"),
+            ("epochs", self.epochs > 0, "> 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("flops_band", self.flops_band >= 1, ">= 1"),
+            ("resolution", self.resolution >= 8, ">= 8 pixels"),
+            ("proxy_resolution", self.proxy_resolution >= 8, ">= 8 pixels"),
+            ("val_size", self.val_size > 0, "> 0 (a fraction < 1 or a count)"),
+            ("study_name", bool(self.study_name), "a non-empty name"),
+            ("train", isinstance(self.train, dict), "a mapping of trainer settings"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')} must be {expected}, but got {getattr(self, name)!r}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+
+def read_config_file(path: str | Path, known: set[str]) -> dict[str, Any]:
+    """Read a YAML config; every key must be a known option."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: YAML does not parse: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of options, but got {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key {unknown[0]!r}, expected one of {sorted(known)}")
+    return data
+
+
+def make_config(cls: type, file_values: dict[str, Any], flag_values: dict[str, Any]) -> Any:
+    """``cls`` from file values overridden by the flags the user actually gave."""
+    values = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a wrong type deep inside a check
+        raise ConfigError(f"bad option value: {exc}") from None
+
+
+def config_fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def public_dict(config: Any) -> dict[str, Any]:
+    """The config as plain data, with any password in a storage URL masked."""
+    d = dataclasses.asdict(config)
+    if d.get("storage"):
+        d["storage"] = mask_url(d["storage"])
+    if isinstance(d.get("seed_arch"), tuple):
+        d["seed_arch"] = list(d["seed_arch"])
+    return d
+
+
+def mask_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)

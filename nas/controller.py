@@ -1,0 +1,230 @@
+"""The Optuna controller: study, samplers, pruners, the trial objective and the stopping rule.
+
+A trial samples an architecture from the space, prices it with the analytic cost model, rejects
+it untrained when its MACs fall outside ``[T / band, T * band]``, reuses the result of an
+architecture the study already evaluated, and otherwise trains it on the proxy task.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search_spaces import ArchSpec, build_model, count_cost
+from search_spaces.space import SearchSpace
+
+from .config import ConfigError, SearchConfig
+from .reward import reward
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_sampler(name: str, seed: int | None, n_startup: int = 10) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
+                                              n_startup_trials=n_startup)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    raise ConfigError(f"--sampler must be one of tpe, random, nsga2, gp, but got {name!r}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner must be one of hyperband, median, none, but got {name!r}")
+
+
+def worker_index() -> int:
+    """This worker's index from the launcher (SLURM array / task, Kubernetes indexed job), else 0."""
+    for var in ("NAS_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "JOB_COMPLETION_INDEX"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def sampler_seed(seed: int, study: optuna.Study | None = None) -> int:
+    """Distinct per worker: ``seed`` for a lone worker, mixed with the worker index / pid otherwise."""
+    index = worker_index()
+    others = study is not None and bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return seed + 7919 * index + (os.getpid() if others and index == 0 else 0)
+
+
+def study_directions(cfg: SearchConfig) -> list[str]:
+    return ["maximize", "minimize"] if cfg.sampler == "nsga2" else ["maximize"]
+
+
+def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
+    """What a resumed ``nas-search`` study must agree on."""
+    return {"space_digest": space.digest(), "target_flops": cfg.target_flops, "resolution": cfg.resolution,
+            "reward": cfg.reward, "reward_exponent": cfg.reward_exponent, "dataset": cfg.dataset}
+
+
+def open_study(name: str, storage: Any, directions: list[str], settings: dict[str, Any],
+               sampler: optuna.samplers.BaseSampler | Callable[[optuna.Study], optuna.samplers.BaseSampler],
+               pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """Create or resume the study ``name``; refuse to resume one made with other settings.
+
+    ``settings`` are stored as study attributes on creation and compared on resume. ``sampler``
+    may be a function of the (probed) study, to seed each worker differently.
+
+    Raises:
+        ConfigError: the existing study has other directions or settings (it is left untouched).
+    """
+    try:  # loading writes nothing, so a refused resume leaves the study exactly as it was
+        probe = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        probe = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
+        for key, value in settings.items():
+            probe.set_user_attr(key, value)
+    existing = [d.name.lower() for d in probe.directions]
+    if existing != directions:
+        raise ConfigError(f"study {name!r} exists with directions {existing}, but this run needs "
+                          f"{directions}; use another --study-name")
+    attrs = probe.user_attrs
+    for key, value in settings.items():
+        if key in attrs and attrs[key] != value:
+            raise ConfigError(f"study {name!r} was made with {key}={attrs[key]!r}, but this run has "
+                              f"{key}={value!r}; use another --study-name or --out")
+    if callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):
+        sampler = sampler(probe)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def enqueue_seeds(study: optuna.Study, space: SearchSpace, archs: list[ArchSpec]) -> None:
+    """Queue known networks as the first trials (skipped if the study already has them)."""
+    for arch in archs:
+        study.enqueue_trial(space.encode(arch), user_attrs={"seed_arch": arch.name}, skip_if_exists=True)
+
+
+def counted(t: FrozenTrial) -> bool:
+    """A finished trial that counts towards ``--trials``: trained to the end or pruned while training."""
+    return t.state in FINISHED and bool(t.user_attrs.get("trained"))
+
+
+class StopAtTrials:
+    """Stop every worker once the study holds ``n`` counted trials.
+
+    Also stops after ``max_attempts`` trials in all (most rejected untrained: the budget band
+    and the space do not fit) or ``max_failures`` failed trials (the proxy settings diverge).
+    """
+
+    def __init__(self, n: int, max_attempts: int, max_failures: int | None = None) -> None:
+        self.n = n
+        self.max_attempts = max_attempts
+        self.max_failures = max_failures or max(5, n)
+
+    def why(self, study: optuna.Study) -> str | None:
+        trials = study.get_trials(deepcopy=False)
+        if sum(counted(t) for t in trials) >= self.n:
+            return "done"
+        if len(trials) >= self.max_attempts:
+            return f"stopped: {len(trials)} trials, too few trained (is the MACs band reachable in this space?)"
+        fails = sum(t.state == TrialState.FAIL and t.user_attrs.get("reason", "").startswith("training diverged")
+                    for t in trials)
+        if fails >= self.max_failures:
+            return f"stopped: {fails} trials diverged (lower --lr?)"
+        return None
+
+    def done(self, study: optuna.Study) -> bool:
+        return self.why(study) is not None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.done(study):
+            study.stop()
+
+
+@dataclass
+class Objective:
+    """The trial function: sample, price, reject / reuse, train, score."""
+
+    cfg: SearchConfig
+    space: SearchSpace
+    train: Callable[[ArchSpec, optuna.Trial | None, int], Any]  # (arch, trial, seed) -> TrainResult
+    multi_objective: bool = False
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        cfg = self.cfg
+        arch = self.space.sample(trial)
+        key = arch.to_str()
+        cost = count_cost(arch, cfg.resolution)
+        for k, v in (("arch", key), ("macs", cost.macs), ("params", cost.params)):
+            trial.set_user_attr(k, v)
+        low, high = cfg.target_flops / cfg.flops_band, cfg.target_flops * cfg.flops_band
+        if not low <= cost.macs <= high:
+            reason = f"rejected untrained: {cost.macs / 1e6:.1f}M MACs outside [{low / 1e6:.1f}M, {high / 1e6:.1f}M]"
+            trial.set_user_attr("reason", reason)
+            raise optuna.TrialPruned(reason)
+        reused = self._reuse(trial, key)
+        if reused is not None:
+            return reused
+        trial.set_user_attr("trained", True)
+        try:
+            result = self.train(arch, None if self.multi_objective else trial, cfg.seed + trial.number)
+        except RuntimeError as exc:  # TrainingDiverged and friends: record why, the study goes on
+            if "reason" not in trial.user_attrs:
+                trial.set_user_attr("reason", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            raise
+        r = reward(result.accuracy, cost.macs, cfg.target_flops, cfg.reward_exponent, cfg.reward)
+        for k, v in (("accuracy", result.accuracy), ("top5", result.top5), ("loss", result.loss),
+                     ("reward", r), ("seconds", result.seconds), ("epochs", result.epochs),
+                     ("images", result.images)):
+            trial.set_user_attr(k, v)
+        return (result.accuracy, float(cost.macs)) if self.multi_objective else r
+
+    def _reuse(self, trial: optuna.Trial, key: str) -> float | tuple[float, ...] | None:
+        """The values of an earlier trial of the same architecture; prune if one is still running."""
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                 TrialState.RUNNING)):
+            if t.number == trial.number or t.user_attrs.get("arch") != key:
+                continue
+            if t.state == TrialState.COMPLETE:
+                trial.set_user_attr("duplicate_of", t.user_attrs.get("duplicate_of", t.number))
+                for k in ("accuracy", "top5", "reward"):
+                    trial.set_user_attr(k, t.user_attrs.get(k))
+                return tuple(t.values) if self.multi_objective else t.values[0]
+            if t.state == TrialState.PRUNED and t.user_attrs.get("trained"):
+                reason = f"duplicate of trial {t.number}, pruned while training"
+            elif t.state == TrialState.RUNNING and t.number < trial.number:
+                reason = f"duplicate of trial {t.number}, running on another worker"
+            else:
+                continue
+            trial.set_user_attr("reason", reason)
+            raise optuna.TrialPruned(reason)
+        return None
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial with the highest reward (over the Pareto front for two objectives)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("reward") is not None]
+    if not done:
+        return None
+    return max(done, key=lambda t: (t.user_attrs["reward"], -t.number))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of (accuracy, macs) points no other point beats on both (higher acc, lower MACs)."""
+    front = []
+    for i, (a, m) in enumerate(points):
+        if not any((a2 >= a and m2 <= m) and (a2 > a or m2 < m) for a2, m2 in points):
+            front.append(i)
+    return front
+
+
+def eta_seconds(done: int, total: int, elapsed: float) -> float:
+    return math.inf if done == 0 else elapsed / done * max(0, total - done)

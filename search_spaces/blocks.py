@@ -1,0 +1,138 @@
+"""The building blocks: conv-bn-act, squeeze-excite, stochastic depth and the three searched ops.
+
+Each block's forward is flat: optional parts are ``nn.Identity`` and the skip decision is made
+once in ``__init__``. Shortcuts:
+
+* ``identity``: ``x + drop_path(f(x))`` when the layer keeps the shape (stride 1, in == out).
+* ``pool``: where the shape changes, the shortcut is ``AvgPool(stride)`` followed, if the
+  channel count changes, by a 1x1 conv + BN projection; where the shape is kept it is the
+  identity residual (there is nothing to pool).
+* ``none``: no shortcut.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+_ACT_LAYERS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish}
+
+
+def make_act(name: str) -> nn.Module:
+    return _ACT_LAYERS[name](inplace=True)
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias, 'same' padding for odd kernels) -> BatchNorm -> activation (or none)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
+                 act: str | None = "silu", bn: partial | None = None) -> None:
+        bn = bn or nn.BatchNorm2d
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False),
+            bn(out_ch),
+            make_act(act) if act else nn.Identity(),
+        )
+
+
+class SqueezeExcite(nn.Module):
+    """SE as in EfficientNet: global average pool, 1x1 reduce, act, 1x1 expand, sigmoid gate."""
+
+    def __init__(self, channels: int, reduced: int, act: str) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.act = make_act(act)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.pool(x)
+        s = self.reduce(s)
+        s = self.act(s)
+        s = self.expand(s)
+        return x * self.gate(s)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch per sample with probability ``p`` in training."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.4f}"
+
+
+def make_shortcut(kind: str | None, in_ch: int, out_ch: int, stride: int, bn: partial) -> nn.Module | None:
+    """The shortcut module for a resolved skip kind (``identity``, ``pool`` or None)."""
+    if kind is None:
+        return None
+    if kind == "identity":
+        return nn.Identity()
+    parts: list[nn.Module] = []
+    if stride > 1:
+        parts.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False))
+    if in_ch != out_ch:
+        parts.append(ConvBNAct(in_ch, out_ch, 1, act=None, bn=bn))
+    return nn.Sequential(*parts)
+
+
+class Block(nn.Module):
+    """One layer of a stage: ``shortcut(x) + drop_path(main(x))`` or just ``main(x)``."""
+
+    def __init__(self, main: nn.Sequential, shortcut: nn.Module | None, drop_path: float) -> None:
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+        self.has_skip = shortcut is not None
+        self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.main(x)
+        if not self.has_skip:
+            return out
+        return self.shortcut(x) + self.drop_path(out)
+
+
+def mbconv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
+           act: str, bn: partial) -> nn.Sequential:
+    """MBConv: 1x1 expand -> kxk depthwise -> SE -> 1x1 linear project (timm's InvertedResidual)."""
+    mid = in_ch * expansion
+    return nn.Sequential(
+        ConvBNAct(in_ch, mid, 1, act=act, bn=bn),
+        ConvBNAct(mid, mid, kernel, stride, groups=mid, act=act, bn=bn),
+        SqueezeExcite(mid, se_reduced, act) if se_reduced else nn.Identity(),
+        ConvBNAct(mid, out_ch, 1, act=None, bn=bn),
+    )
+
+
+def dsconv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
+           act: str, bn: partial) -> nn.Sequential:
+    """Depthwise-separable: kxk depthwise -> SE -> 1x1 linear project (EfficientNet's MBConv1)."""
+    return nn.Sequential(
+        ConvBNAct(in_ch, in_ch, kernel, stride, groups=in_ch, act=act, bn=bn),
+        SqueezeExcite(in_ch, se_reduced, act) if se_reduced else nn.Identity(),
+        ConvBNAct(in_ch, out_ch, 1, act=None, bn=bn),
+    )
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
+         act: str, bn: partial) -> nn.Sequential:
+    """Regular conv: kxk conv -> BN -> act -> SE."""
+    return nn.Sequential(
+        ConvBNAct(in_ch, out_ch, kernel, stride, act=act, bn=bn),
+        SqueezeExcite(out_ch, se_reduced, act) if se_reduced else nn.Identity(),
+    )
+
+
+OP_BUILDERS = {"mbconv": mbconv, "dsconv": dsconv, "conv": conv}
