@@ -65,7 +65,7 @@ def _check_choices(i: int, key: str, values: Any) -> tuple:
         raise SpaceError(f"{where} has duplicates: {values!r}")
     for v in values:
         ok = {
-            "ops": isinstance(v, str) and bool(_OP_RE.fullmatch(v)) and v != "mbconv0",
+            "ops": isinstance(v, str) and bool(_OP_RE.fullmatch(v)) and _op_to_stage(v)[1] >= 1,
             "kernels": isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v % 2 == 1,
             "se_ratios": isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
             "skips": v in SKIPS,
@@ -102,6 +102,8 @@ class SearchSpace:
         if unknown:
             raise SpaceError(f"unknown space key {unknown[0]!r}, expected one of {sorted(allowed)}")
         common = data.get("choices") or {}
+        if not isinstance(common, dict):
+            raise SpaceError(f"'choices' must be a mapping of {_CHOICE_KEYS} lists, but got {common!r}")
         stages = []
         for i, raw in enumerate(data["stages"], 1):
             if not isinstance(raw, dict):
@@ -114,16 +116,16 @@ class SearchSpace:
             if missing:
                 raise SpaceError(f"stage {i}: missing {missing[0]!r}")
             stride = merged.get("stride", 1)
-            if stride not in (1, 2):
+            if isinstance(stride, bool) or stride not in (1, 2):
                 raise SpaceError(f"stage {i} stride must be 1 or 2, but got {stride!r}")
             stages.append(StageChoices(stride, *(_check_choices(i, k, merged[k]) for k in _CHOICE_KEYS)))
-        fixed = tuple((k, data[k]) for k in _FIXED_KEYS if k in data)
-        space = cls(str(data.get("name", "custom")), tuple(stages), fixed, text)
-        try:  # the fixed settings must make a valid architecture
-            space._arch([StageSpec(stride=s.stride) for s in stages])
+        try:  # the fixed settings must make a valid architecture (typed as ArchSpec reads them)
+            probe = ArchSpec.from_dict({"stages": [StageSpec(stride=s.stride).to_str() for s in stages],
+                                        **{k: data[k] for k in _FIXED_KEYS if k in data}})
         except (SpecError, TypeError) as exc:
             raise SpaceError(f"space settings are invalid: {exc}") from None
-        return space
+        fixed = tuple((k, getattr(probe, k)) for k in _FIXED_KEYS if k in data)
+        return cls(str(data.get("name", "custom")), tuple(stages), fixed, text)
 
     @classmethod
     def load(cls, path_or_name: str | Path) -> "SearchSpace":

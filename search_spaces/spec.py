@@ -40,7 +40,7 @@ _ACT_TOKEN = {"re": "relu", "r6": "relu6", "sw": "silu", "hs": "hardswish"}
 _TOKEN_OF_ACT = {v: k for k, v in _ACT_TOKEN.items()}
 _SKIP_TOKEN = {"noskip": "none", "poolskip": "pool"}
 _TOKEN_OF_SKIP = {v: k for k, v in _SKIP_TOKEN.items()}
-_NUM = r"(\d+(?:\.\d+)?)"
+_NUM = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
 _TOKEN_RES = (
     ("repeats", re.compile(r"r(\d+)")),
     ("kernel", re.compile(r"k(\d+)")),
@@ -59,7 +59,8 @@ class SpecError(ValueError):
 
 
 def _fmt_num(x: float) -> str:
-    return format(x, "g")
+    text = repr(float(x))  # the shortest text that reads back as the same float
+    return text[:-2] if text.endswith(".0") else text
 
 
 @dataclass(frozen=True)
@@ -118,16 +119,22 @@ class StageSpec:
         if tokens[0] not in _OP_PREFIX:
             raise SpecError(f"stage {text!r}: bad op token {tokens[0]!r}, expected one of {tuple(_OP_PREFIX)}")
         values: dict[str, Any] = {"op": _OP_PREFIX[tokens[0]]}
+        token_of: dict[str, str] = {"op": tokens[0]}
         for tok in tokens[1:]:
             key, value = _parse_token(text, tok)
             if key in values:
                 raise SpecError(f"stage {text!r}: token {tok!r} repeats {key!r}")
-            values[key] = value
+            values[key], token_of[key] = value, tok
         for required in ("repeats", "kernel", "out_channels"):
             if required not in values:
                 raise SpecError(f"stage {text!r}: missing {required!r} token")
         values.setdefault("expansion", 1 if values["op"] != "mbconv" else 6)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except SpecError as exc:
+            bad = next((t for k, t in reversed(token_of.items()) if f"{k}=" in str(exc)), None)
+            where = f"bad token {bad!r}: " if bad else ""
+            raise SpecError(f"stage {text!r}: {where}{exc}") from None
 
 
 def _parse_token(text: str, tok: str) -> tuple[str, Any]:
@@ -192,6 +199,8 @@ class ArchSpec:
             object.__setattr__(self, "stages", tuple(self.stages))
         if not self.stages or not all(isinstance(s, StageSpec) for s in self.stages):
             raise SpecError(f"stages must be a non-empty sequence of StageSpec, but got {self.stages!r}")
+        if not isinstance(self.name, str):
+            raise SpecError(f"name must be a string, but got name={self.name!r}")
         checks = (
             ("stem_channels", self.stem_channels >= 1, ">= 1"),
             ("head_channels", self.head_channels >= 0, ">= 0 (0: no head conv)"),
@@ -263,6 +272,7 @@ class ArchSpec:
 
 
 def _as_number(key: str, value: Any, kind: type) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (kind is int and value != int(value)):
         raise SpecError(f"{key} must be {'an integer' if kind is int else 'a number'}, but got {key}={value!r}")
     return kind(value)

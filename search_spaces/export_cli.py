@@ -1,0 +1,162 @@
+"""``nas-export``: an architecture (a preset, or a YAML file such as nas-search's best.yaml) as ONNX,
+TorchScript, a standalone PyTorch file or a timm arch_def, optionally with trained weights.
+
+    nas-export runs/b0_digits/best.yaml --format onnx --num-classes 10 --resolution 32
+    nas-export efficientnet-b3 --format onnx --weights efficientnet-b3-5fb5a3c3.pth   # efficientnet_pytorch file
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from .builder import Network, build_model
+from .export import (FORMATS, ONNX_OPSET, ExportCheckFailed, ExportError, atomic_write, export_onnx,
+                     export_torchscript, python_source, timm_source)
+from .presets import list_presets, resolve_arch
+from .spec import ArchSpec, SpecError
+from .weights import FORMATS as WEIGHT_FORMATS
+from .weights import PADDINGS, WeightsError, from_native, has_tf_padding, pretrained_model, use_tf_padding
+
+PROG = "nas-export"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("arch", help="preset name (e.g. efficientnet-b0) or architecture YAML file (e.g. best.yaml)")
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="what to write [onnx]")
+    p.add_argument("--out", help="output file, or a directory for the default name "
+                                 "[<name>.onnx, <name>.torchscript.pt, <name>.py, <name>_timm.py]")
+    p.add_argument("--num-classes", type=int, help="classifier outputs [the checkpoint's, else 1000]")
+    p.add_argument("--in-chans", type=int, help="input channels [the checkpoint's, else 3]")
+    p.add_argument("--resolution", type=int, help="input size of the ONNX/TorchScript example input "
+                                                  "[the architecture's own]")
+    g = p.add_argument_group("weights")
+    g.add_argument("--weights", help="checkpoint file (.pth/.pt/.bin/.safetensors), read with weights_only=True")
+    g.add_argument("--weights-format", default="auto", choices=("auto", *WEIGHT_FORMATS),
+                   help="the checkpoint's key layout [auto: from its keys]")
+    g.add_argument("--padding", default="auto", choices=("auto", *PADDINGS),
+                   help="conv padding; auto: the checkpoint library's (same_tf for efficientnet_pytorch; "
+                        "pass same_tf for timm tf_efficientnet_* weights) [auto]")
+    g.add_argument("--bn-eps", type=float, help="BatchNorm epsilon [the checkpoint library's; 1e-3 for "
+                                                "timm tf_efficientnet_*]")
+    return p
+
+
+def _default_name(ref: str, arch: ArchSpec, fmt: str) -> str:
+    name = arch.name or (Path(ref).stem if Path(ref).is_file() else "model")
+    ident = re.sub(r"\W|^(?=\d)", "_", name)
+    return {"onnx": f"{name}.onnx", "torchscript": f"{name}.torchscript.pt", "python": f"{ident}.py",
+            "timm": f"{ident}_timm.py"}[fmt]
+
+
+def _out_path(args: argparse.Namespace, arch: ArchSpec) -> Path:
+    default = _default_name(args.arch, arch, args.format)
+    out = Path(args.out) if args.out else Path(default)
+    if out.is_dir():
+        out = out / default
+    if not out.parent.is_dir():
+        raise ExportError(f"--out directory {str(out.parent)!r} does not exist")
+    if args.format in ("python", "timm") and out.suffix != ".py":
+        raise ExportError(f"--out for --format {args.format} must be a .py file, but got {str(out)!r}")
+    return out
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, value in (("--num-classes", args.num_classes), ("--in-chans", args.in_chans)):
+        if value is not None and value < 1:
+            raise ExportError(f"{flag} must be >= 1, but got {value}")
+    if args.bn_eps is not None and not args.bn_eps > 0:
+        raise ExportError(f"--bn-eps must be > 0, but got {args.bn_eps}")
+    if args.weights is None and args.weights_format != "auto":
+        raise ExportError(f"--weights-format {args.weights_format} needs --weights FILE")
+
+
+def make_model(args: argparse.Namespace, arch: ArchSpec) -> Network:
+    """The model to export: ``arch``, with the checkpoint loaded when ``--weights`` is given."""
+    padding = None if args.padding == "auto" else args.padding
+    if args.weights:
+        return pretrained_model(arch, args.weights, args.weights_format, num_classes=args.num_classes,
+                                in_chans=args.in_chans, padding=padding, bn_eps=args.bn_eps)
+    model = build_model(arch if args.bn_eps is None else arch.replace(bn_eps=args.bn_eps),
+                        args.num_classes or 1000, args.in_chans or 3)
+    if padding == "same_tf":
+        use_tf_padding(model)
+    return model
+
+
+def write(fmt: str, model: Network, out: Path, resolution: int, with_weights: bool) -> list[str]:
+    """Write ``model`` as ``fmt`` to ``out`` (and its weights beside a Python file); returns report lines."""
+    shape = f"[batch, {model.stem[0].in_channels}, {resolution}, {resolution}]"
+    if fmt == "onnx":
+        agreement = export_onnx(model, out, resolution)
+        check = ("onnxruntime not installed: outputs not checked (pip install onnxruntime)" if agreement is None
+                 else "onnxruntime " + agreement.describe())
+        return [f"wrote {out}: ONNX opset {ONNX_OPSET}, input 'input' {shape} (dynamic batch), output 'logits'", check]
+    if fmt == "torchscript":
+        agreement = export_torchscript(model, out, resolution)
+        fixed = "; TF padding traced for this resolution only" if has_tf_padding(model) else ""
+        return [f"wrote {out}: TorchScript traced at {shape}{fixed}", "reloaded " + agreement.describe()]
+    weights_out = out.with_suffix(".pth") if with_weights else None
+    if fmt == "python":
+        text, state = python_source(model, out.stem), model.state_dict()
+    else:
+        text, state = timm_source(model, weights_out.name if weights_out else None), from_native(model, "timm")
+    lines = [f"wrote {out}: " + ("standalone PyTorch network (imports torch only)" if fmt == "python"
+                                  else "timm ARCH_DEF, MODEL_KWARGS and create_model()")]
+    with atomic_write(out) as tmp:
+        tmp.write_text(text)
+        if weights_out:
+            with atomic_write(weights_out) as tmp_weights:
+                torch.save(state, tmp_weights)
+            lines.append(f"wrote {weights_out}: the weights in {'this toolkit' if fmt == 'python' else 'timm'}'s layout")
+    return lines
+
+
+def _arch(ref: str) -> ArchSpec:
+    looks_like_name = not Path(ref).exists() and not re.search(r"[/\\:\n]|\.ya?ml$", ref)
+    if looks_like_name and ref not in list_presets():
+        raise ExportError(f"{ref!r} is neither a preset ({', '.join(list_presets())}) nor an architecture YAML file")
+    return resolve_arch(ref)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    arch = _arch(args.arch)
+    if args.resolution is not None:
+        arch = arch.replace(resolution=args.resolution)
+    out = _out_path(args, arch)
+    model = make_model(args, arch)
+    for line in write(args.format, model, out, arch.resolution, bool(args.weights)):
+        print(line)
+    eps = model.stem[1].eps
+    pad = "TF SAME" if has_tf_padding(model) else "symmetric"
+    print(f"weights: {args.weights} ({pad} padding, BatchNorm eps {eps:g})" if args.weights
+          else "weights: random (pass --weights FILE for trained ones)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and the like
+    try:
+        return run(args)
+    except (SpecError, WeightsError, ExportError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except ExportCheckFailed as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
