@@ -25,7 +25,8 @@ from .builder import Network, resolve
 from .spec import ArchSpec, round_repeats
 
 __all__ = ["FORMATS", "ONNX_OPSET", "TOLERANCE", "ROUNDING_FACTOR", "ExportError", "ExportCheckFailed", "Agreement",
-           "atomic_write", "check_agreement", "export_onnx", "export_torchscript", "python_source", "timm_arch_def", "timm_source"]
+           "atomic_write", "check_agreement", "export_onnx", "export_torchscript", "python_source", "timm_arch_def",
+           "timm_source"]
 
 FORMATS = ("onnx", "torchscript", "python", "timm")
 ONNX_OPSET = 18
@@ -55,6 +56,10 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for the block; the model's mode is restored after. CPU models only."""
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ExportError(f"export a CPU model (call model.cpu() first), but got a model on {device}")
     was_training = model.training
     model.eval()
     try:
@@ -138,7 +143,8 @@ def export_onnx(model: Network, path: str | Path, resolution: int) -> Agreement 
         try:
             __import__(package)
         except ImportError:
-            raise ExportError(f"--format onnx needs the package {package} (pip install onnx onnxscript onnxruntime)") from None
+            raise ExportError(f"--format onnx needs the package {package} "
+                              "(pip install onnx onnxscript onnxruntime)") from None
     with _eval(model), atomic_write(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
         program = torch.onnx.export(
@@ -236,6 +242,36 @@ def _layer_row(l: builder.Layer) -> tuple:
             round(l.drop_path, 6))
 
 
+_HEADER_TEMPLATE = '''"""{name}: a standalone PyTorch definition written by nas-export (effnas): it needs torch, not effnas.
+
+    import torch
+    from {module} import build_model
+
+    model = build_model()  # {num_classes} classes, {in_chans} input channels, random weights
+    model.load_state_dict(torch.load("weights.pth", weights_only=True))  # a state dict of the effnas model
+
+Stages (timm grammar): {stages}
+Width x{width:g}, depth x{depth:g}, deployment resolution {resolution}; {padding} padding.
+"""
+from __future__ import annotations
+'''
+
+_ARCH_TEMPLATE = '''
+# --- the architecture, resolved ---
+STEM_CHANNELS = {stem}
+HEAD_CHANNELS = {head}
+ACT = {act!r}
+BN_MOMENTUM = {bn_momentum!r}
+BN_EPS = {bn_eps!r}
+DROPOUT = {dropout!r}
+TF_PADDING = {tf_padding}
+# op, in_channels, out_channels, kernel, stride, expansion, se_reduced, shortcut, act, drop_path
+LAYERS = (
+{rows}
+)
+'''
+
+
 def python_source(model: Network, module_name: str = "model") -> str:
     """A Python file that defines ``model``'s network in plain PyTorch (it imports torch only).
 
@@ -247,30 +283,24 @@ def python_source(model: Network, module_name: str = "model") -> str:
     arch, r = model.arch, resolve(model.arch)
     tf_padding = weights.has_tf_padding(model)
     num_classes, in_chans = model.classifier.out_features, model.stem[0].in_channels
-    rows = "\n".join(f"    {_layer_row(l)!r}," for l in r.layers)
-    bn_eps = model.stem[1].eps
     parts = [
-        f'"""{arch.name or "network"}: a standalone PyTorch definition written by nas-export (effnas); it imports torch only.\n\n'
-        f"    import torch\n    from {module_name} import build_model\n\n"
-        f"    model = build_model()  # {num_classes} classes, {in_chans} input channels, random weights\n"
-        f'    model.load_state_dict(torch.load("weights.pth", weights_only=True))  # a state dict of the effnas model\n\n'
-        f"Stages (timm grammar): {arch.to_str()}\n"
-        f"Width x{arch.width_mult:g}, depth x{arch.depth_mult:g}, deployment resolution {arch.resolution}; "
-        f"{'TF SAME' if tf_padding else 'symmetric'} padding.\n"
-        '"""\nfrom __future__ import annotations\n',
-        "import torch.nn.functional as F" if tf_padding else "",
-        "\n# --- building blocks (effnas search_spaces/blocks.py) ---\n" + _body(blocks),
-        ("\n\n# --- TensorFlow 'SAME' padding (effnas search_spaces/weights.py) ---\n\n"
-         + inspect.getsource(weights.Conv2dSameTF) + "\n\n" + inspect.getsource(weights.use_tf_padding)) if tf_padding else "",
-        "\n\n" + inspect.getsource(builder._init_weights),
-        "\n# --- the architecture, resolved ---\n"
-        f"STEM_CHANNELS = {r.stem_channels}\nHEAD_CHANNELS = {r.head_channels}\nACT = {arch.act!r}\n"
-        f"BN_MOMENTUM = {arch.bn_momentum!r}\nBN_EPS = {bn_eps!r}\nDROPOUT = {arch.dropout!r}\nTF_PADDING = {tf_padding}\n"
-        "# op, in_channels, out_channels, kernel, stride, expansion, se_reduced, shortcut, act, drop_path\n"
-        f"LAYERS = (\n{rows}\n)\n",
+        _HEADER_TEMPLATE.format(name=arch.name or "network", module=module_name, num_classes=num_classes,
+                                in_chans=in_chans, stages=arch.to_str(), width=arch.width_mult, depth=arch.depth_mult,
+                                resolution=arch.resolution, padding="TF SAME" if tf_padding else "symmetric")
+        + ("\nimport torch.nn.functional as F\n" if tf_padding else ""),
+        "# --- building blocks (effnas search_spaces/blocks.py) ---\n" + _body(blocks),
+    ]
+    if tf_padding:
+        parts += ["# --- TensorFlow 'SAME' padding (effnas search_spaces/weights.py) ---\n",
+                  inspect.getsource(weights.Conv2dSameTF), inspect.getsource(weights.use_tf_padding)]
+    parts += [
+        inspect.getsource(builder._init_weights),
+        _ARCH_TEMPLATE.format(stem=r.stem_channels, head=r.head_channels, act=arch.act, bn_momentum=arch.bn_momentum,
+                              bn_eps=model.stem[1].eps, dropout=arch.dropout, tf_padding=tf_padding,
+                              rows="\n".join(f"    {_layer_row(l)!r}," for l in r.layers)),
         _NETWORK_TEMPLATE.format(num_classes=num_classes, in_chans=in_chans),
     ]
-    return re.sub(r"\n{4,}", "\n\n\n", "\n".join(p for p in parts if p)).rstrip() + "\n"
+    return re.sub(r"\n{4,}", "\n\n\n", "\n\n".join(p.strip("\n") + "\n" for p in parts if p)).rstrip() + "\n"
 
 
 # --- timm ------------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def _default_name(ref: str, arch: ArchSpec, fmt: str) -> str:
             "timm": f"{ident}_timm.py"}[fmt]
 
 
-def _out_path(args: argparse.Namespace, arch: ArchSpec) -> Path:
+def _out_paths(args: argparse.Namespace, arch: ArchSpec) -> tuple[Path, Path | None]:
+    """The output file, and the weights file written beside a Python one (with ``--weights``)."""
     default = _default_name(args.arch, arch, args.format)
     out = Path(args.out) if args.out else Path(default)
     if out.is_dir():
@@ -68,7 +69,12 @@ def _out_path(args: argparse.Namespace, arch: ArchSpec) -> Path:
         raise ExportError(f"--out directory {str(out.parent)!r} does not exist")
     if args.format in ("python", "timm") and out.suffix != ".py":
         raise ExportError(f"--out for --format {args.format} must be a .py file, but got {str(out)!r}")
-    return out
+    weights_out = out.with_suffix(".pth") if args.weights and args.format in ("python", "timm") else None
+    for path in (out, weights_out):
+        if path and args.weights and path.resolve() == Path(args.weights).resolve():
+            raise ExportError(f"the output {str(path)!r} would overwrite --weights {args.weights!r}: "
+                              "choose another --out")
+    return out, weights_out
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -94,8 +100,11 @@ def make_model(args: argparse.Namespace, arch: ArchSpec) -> Network:
     return model
 
 
-def write(fmt: str, model: Network, out: Path, resolution: int, with_weights: bool) -> list[str]:
-    """Write ``model`` as ``fmt`` to ``out`` (and its weights beside a Python file); returns report lines."""
+def write(fmt: str, model: Network, out: Path, resolution: int, weights_out: Path | None = None) -> list[str]:
+    """Write ``model`` as ``fmt`` to ``out`` (and, for python/timm, its weights to ``weights_out``).
+
+    Returns the report lines.
+    """
     shape = f"[batch, {model.stem[0].in_channels}, {resolution}, {resolution}]"
     if fmt == "onnx":
         agreement = export_onnx(model, out, resolution)
@@ -106,7 +115,6 @@ def write(fmt: str, model: Network, out: Path, resolution: int, with_weights: bo
         agreement = export_torchscript(model, out, resolution)
         fixed = "; TF padding traced for this resolution only" if has_tf_padding(model) else ""
         return [f"wrote {out}: TorchScript traced at {shape}{fixed}", "reloaded " + agreement.describe()]
-    weights_out = out.with_suffix(".pth") if with_weights else None
     if fmt == "python":
         text, state = python_source(model, out.stem), model.state_dict()
     else:
@@ -118,7 +126,8 @@ def write(fmt: str, model: Network, out: Path, resolution: int, with_weights: bo
         if weights_out:
             with atomic_write(weights_out) as tmp_weights:
                 torch.save(state, tmp_weights)
-            lines.append(f"wrote {weights_out}: the weights in {'this toolkit' if fmt == 'python' else 'timm'}'s layout")
+            layout = "this toolkit's" if fmt == "python" else "timm's"
+            lines.append(f"wrote {weights_out}: the weights in {layout} layout")
     return lines
 
 
@@ -134,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
     arch = _arch(args.arch)
     if args.resolution is not None:
         arch = arch.replace(resolution=args.resolution)
-    out = _out_path(args, arch)
+    out, weights_out = _out_paths(args, arch)
     model = make_model(args, arch)
-    for line in write(args.format, model, out, arch.resolution, bool(args.weights)):
+    for line in write(args.format, model, out, arch.resolution, weights_out):
         print(line)
     eps = model.stem[1].eps
     pad = "TF SAME" if has_tf_padding(model) else "symmetric"

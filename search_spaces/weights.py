@@ -115,7 +115,8 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise WeightsError(f"{path}: reading .safetensors needs the package safetensors (pip install safetensors)") from None
+            raise WeightsError(f"{path}: reading .safetensors needs the package safetensors "
+                               "(pip install safetensors)") from None
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
