@@ -8,7 +8,6 @@ workers. The official test split is never read: search decisions use the held-ou
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Iterator
 

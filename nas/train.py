@@ -142,14 +142,16 @@ def _make_plan(data: ProxyData, config: TrainConfig, info: DistInfo, device: tor
     if config.max_images is not None:
         global_batch = config.batch_size * info.world_size
         if config.max_images < global_batch:
-            raise ValueError(f"TrainConfig.max_images={config.max_images} is less than one batch ({global_batch} images)")
+            raise ValueError(f"TrainConfig.max_images={config.max_images} is less than one batch "
+                             f"({global_batch} images)")
         total = min(total, config.max_images // global_batch)
     warmup = min(round(config.warmup_epochs * per_epoch), total - 1)
     reports: tuple[int, ...] = ()
     if reporting:
         per = config.reports_per_epoch or (4 if config.epochs <= 1 else 2 if config.epochs <= 4 else 1)
         count = max(1, math.ceil(total * per / per_epoch - 1e-9))
-        reports = tuple(sorted({min(total, max(1, round(k * per_epoch / per))) for k in range(1, count + 1)} | {total}))
+        steps = {min(total, max(1, round(k * per_epoch / per))) for k in range(1, count + 1)}
+        reports = tuple(sorted(steps | {total}))
     check_every = 1 if device.type == "cpu" and not info.enabled else 10
     return _Plan(per_epoch, total, warmup, reports, check_every)
 
@@ -214,6 +216,8 @@ def train_proxy(model: nn.Module, data: ProxyData, config: TrainConfig, trial: A
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     rng_devices = [device.index] if device.type == "cuda" else []
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     try:
         with torch.random.fork_rng(devices=rng_devices, device_type=device.type):
             torch.manual_seed(config.seed)
