@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-seconds", type=float, help="training time cap per trial")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N [auto]")
     g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--nproc-per-node", help="processes per trial, each on its own GPU, trained with DDP "
+                                            "(relaunches under torchrun; rank 0 talks to the study) [1]")
     g = p.add_argument_group("controller")
     g.add_argument("--trials", type=int, help="finished trials in the study, all workers together [20]")
     g.add_argument("--timeout", type=float, help="wall-clock limit of this worker, seconds")
@@ -83,6 +85,7 @@ def parse_config(argv: list[str] | None) -> SearchConfig:
     args = vars(parser.parse_args(glue_negative_values(parser, sys.argv[1:] if argv is None else argv)))
     file_values = read_config_file(args.pop("config"), config_fields(SearchConfig)) if args.get("config") else {}
     args.pop("config", None)
+    args.pop("nproc_per_node", None)  # a launch option (see main), not a search setting
     return make_config(SearchConfig, file_values, args)
 
 
@@ -93,6 +96,7 @@ def train_config(cfg: SearchConfig) -> Any:
               "max_seconds": cfg.max_seconds, "threads": cfg.threads}
     if cfg.lr is not None:
         values["lr"] = cfg.lr
+    values["amp"] = _default_amp(cfg.device)
     values.update(cfg.train)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -104,12 +108,29 @@ def train_config(cfg: SearchConfig) -> Any:
         raise ConfigError(str(exc)) from None
 
 
+def _default_amp(device: str) -> str:
+    """bf16 autocast where the training device supports it (CUDA, Ampere or newer), else none."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return "none"
+    try:
+        return "bf16" if torch.device(device if device != "auto" else "cuda").type == "cuda" \
+            and torch.cuda.is_bf16_supported() else "none"
+    except RuntimeError:  # a malformed device: TrainConfig names it
+        return "none"
+
+
 def data_config(cfg: SearchConfig) -> Any:
     from .data import DataConfig
 
+    loaders = os.environ.get("NAS_LOADER_WORKERS", "")  # image decoders per process (imagefolder); cluster recipes
+    if loaders and not loaders.isdigit():
+        raise ConfigError(f"NAS_LOADER_WORKERS must be a whole number, but got {loaders!r}")
+    extra = {"workers": int(loaders)} if loaders else {}
     try:
         return DataConfig(name=cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
-                          train_size=cfg.train_size, resolution=cfg.proxy_resolution, seed=cfg.seed)
+                          train_size=cfg.train_size, resolution=cfg.proxy_resolution, seed=cfg.seed, **extra)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
 
@@ -138,18 +159,48 @@ def _plan(cfg: SearchConfig, space: Any, seeds: list) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: SearchConfig) -> int:
-    import optuna
+def _replace_atomically(path: Path, write: Any) -> None:
+    """``write(tmp)`` then rename over ``path``: workers sharing ``--out`` never see a half-written file."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        if write(tmp) is not False and tmp.exists():
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
-    from search_spaces import resolve_arch
-    from search_spaces.space import SearchSpace
 
+def write_outputs(cfg: SearchConfig, study: Any, space: Any, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Leaderboard, plots, best.yaml and manifest.json of the whole study, as it stands now.
+
+    Called under the study lock: the last worker to write saw every finished trial.
+    """
     from . import controller as ctl
     from . import report
+
+    rows = report.trial_rows(study.get_trials(deepcopy=False))
+    out = cfg.out_dir
+    _replace_atomically(out / "leaderboard.csv", lambda p: report.write_leaderboard(rows, p))
+    _replace_atomically(out / "pareto.png", lambda p: report.plot_pareto(rows, cfg.target_flops, p))
+    _replace_atomically(out / "history.png", lambda p: report.plot_history(rows, p))
+    best = ctl.best_trial(study)
+    _replace_atomically(out / "manifest.json", lambda p: report.write_manifest(
+        p, public_dict(cfg), {**extra, "best_trial": best.number if best else None}))
+    if best is not None:
+        arch = space.from_params(best.params).replace(name=f"{cfg.study_name}-trial{best.number}")
+        ua = best.user_attrs
+        header = (f"# best of study {cfg.study_name!r}: trial {best.number}, reward {ua['reward']:.4f}, "
+                  f"accuracy {ua['accuracy']:.4f}, {ua['macs']:,} MACs at {cfg.resolution}px, {ua['params']:,} params\n")
+        _replace_atomically(out / "best.yaml", lambda p: p.write_text(header + arch.to_yaml()))
+    return rows
+
+
+def run(cfg: SearchConfig) -> int:
+    from search_spaces import build_model, resolve_arch
+    from search_spaces.space import SearchSpace
+
     from .data import load_data
-    from .storage import is_journal, open_storage
-    from .train import TrainingDiverged, train_proxy
-    from search_spaces import build_model
+    from .train import train_proxy
+    from .workers import Ranks
 
     space = SearchSpace.load(cfg.space)
     seeds = [resolve_arch(ref) for ref in cfg.seed_arch]
@@ -160,48 +211,73 @@ def run(cfg: SearchConfig) -> int:
         print(_plan(cfg, space, seeds))
         return 0
     data = load_data(dcfg)
-    if is_journal(cfg.storage):
-        cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(cfg.storage, cfg.out_dir)
-    n_startup = max(5, min(10, cfg.trials // 4))
-    study = ctl.open_study(cfg.study_name, storage, ctl.study_directions(cfg), ctl.search_settings(cfg, space),
-                           lambda probe: ctl.make_sampler(cfg.sampler, ctl.sampler_seed(cfg.seed, probe), n_startup),
-                           ctl.make_pruner(cfg.pruner))
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    ctl.enqueue_seeds(study, space, seeds)
 
     def train(arch: Any, trial: Any, seed: int) -> Any:
+        import torch
+
+        torch.manual_seed(seed)  # the same trial builds the same initial weights on resume and on every rank
         model = build_model(arch, num_classes=data.num_classes, in_chans=data.in_chans)
         return train_proxy(model, data, dataclasses.replace(tcfg, seed=seed), trial=trial)
 
-    objective = ctl.Objective(cfg, space, train, multi_objective=cfg.sampler == "nsga2")
+    ranks = Ranks.join(cfg.device)
+    if not ranks.leader:
+        return ranks.follow(train)
+    interrupted = True  # until the search returns: the other ranks may be gone
+    try:
+        code = _search(cfg, space, seeds, ranks.lead(train), ranks.world_size, dataclasses.asdict(tcfg))
+        interrupted = code == 130
+        return code
+    finally:
+        if not interrupted:
+            ranks.close()
+
+
+def _search(cfg: SearchConfig, space: Any, seeds: list, train: Any, world_size: int, trainer: dict) -> int:
+    """Rank 0's part: the study, the trials, the outputs."""
+    from . import controller as ctl
+    from . import report
+    from . import workers
+    from .lease import RetryStaleTrial
+    from .locks import StudyLock
+    from .storage import MAX_RETRY, is_journal, open_storage
+    from .train import TrainingDiverged
+
+    if is_journal(cfg.storage):
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(cfg.storage, cfg.out_dir)
+    lock = StudyLock(storage, cfg.study_name)
+    n_startup = max(5, min(10, cfg.trials // 4))
+    slot: list[int] = []
+
+    def sampler(probe: Any) -> Any:
+        slot.append(workers.register_worker(probe, lock))
+        return ctl.make_sampler(cfg.sampler, ctl.sampler_seed(cfg.seed, slot=slot[0]), n_startup)
+
+    study = ctl.open_study(cfg.study_name, storage, ctl.study_directions(cfg), ctl.search_settings(cfg, space),
+                           sampler, ctl.make_pruner(cfg.pruner))
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    with lock:  # workers starting together queue each seed architecture once
+        ctl.enqueue_seeds(study, space, seeds)
+    objective = ctl.Objective(cfg, space, train, multi_objective=cfg.sampler == "nsga2", lock=lock)
     stop = ctl.StopAtTrials(cfg.trials, max_attempts=20 * cfg.trials + 100)
     start = sum(ctl.counted(t) for t in study.get_trials(deepcopy=False))
     interrupted = False
-    if not stop.done(study):
-        log.info("searching: %d of %d trials done", start, cfg.trials)
-        try:
-            study.optimize(objective, timeout=cfg.timeout, catch=(TrainingDiverged,),
-                           callbacks=[stop, Progress(cfg.trials, start, cfg.quiet)])
-        except KeyboardInterrupt:
-            interrupted = True
-    rows = report.trial_rows(study.get_trials(deepcopy=False))
-    report.write_leaderboard(rows, cfg.out_dir / "leaderboard.csv")
-    report.plot_pareto(rows, cfg.target_flops, cfg.out_dir / "pareto.png")
-    report.plot_history(rows, cfg.out_dir / "history.png")
-    best = ctl.best_trial(study)
+    log.info("searching: %d of %d trials done; worker slot %d (%s), %d process(es) per trial", start, cfg.trials,
+             slot[0], objective.worker, world_size)
+    try:
+        workers.optimize(study, objective, stop.done, cfg.timeout, [stop, Progress(cfg.trials, start, cfg.quiet)],
+                         catch=(TrainingDiverged,))
+    except KeyboardInterrupt:
+        interrupted = True
+        workers.requeue_interrupted(study, objective.worker, RetryStaleTrial(MAX_RETRY))
     extra = {"study_name": cfg.study_name, "storage": mask_url(cfg.storage) if cfg.storage else "journal (default)",
              "space": {"name": space.name, "digest": space.digest(), "size": space.size()},
              "seeds": {"seed": cfg.seed, "sampler_seed": getattr(study.sampler, "_seed", None),
-                       "worker_index": ctl.worker_index()},
-             "best_trial": best.number if best else None}
-    report.write_manifest(cfg.out_dir / "manifest.json", public_dict(cfg), extra)
-    if best is not None:
-        arch = space.from_params(best.params).replace(name=f"{cfg.study_name}-trial{best.number}")
-        ua = best.user_attrs
-        header = (f"# best of study {cfg.study_name!r}: trial {best.number}, reward {ua['reward']:.4f}, "
-                  f"accuracy {ua['accuracy']:.4f}, {ua['macs']:,} MACs at {cfg.resolution}px, {ua['params']:,} params\n")
-        (cfg.out_dir / "best.yaml").write_text(header + arch.to_yaml())
+                       "worker_index": slot[0]},
+             "worker": objective.worker, "processes_per_trial": world_size, "trainer": trainer}
+    with lock:
+        rows = write_outputs(cfg, study, space, extra)
+    workers.release_worker(study, slot[0])
     if not cfg.quiet:
         print(report.top_table(rows))
         print(f"\n{sum(ctl.counted(t) for t in study.get_trials(deepcopy=False))} trials; outputs in {cfg.out_dir}/ "
@@ -221,17 +297,29 @@ def main(argv: list[str] | None = None) -> int:
     from search_spaces.space import SpaceError
 
     from .data import DataError
+    from .storage import StorageUnavailable
+    from .workers import relaunch_under_torchrun, split_nproc, under_torchrun
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by Progress
+        try:
+            nproc, rest = split_nproc(argv)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         cfg = parse_config(argv)
         if cfg.quiet:
             logging.getLogger().setLevel(logging.WARNING)
+        if nproc > 1 and not under_torchrun() and not cfg.dry_run:
+            return relaunch_under_torchrun("nas.cli", nproc, rest)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C
         return run(cfg)
+    except StorageUnavailable as exc:
+        print(f"nas-search: error: {exc}", file=sys.stderr)
+        return 3
     except (ConfigError, SpecError, SpaceError, DataError) as exc:
         print(f"nas-search: error: {exc}", file=sys.stderr)
         return 2

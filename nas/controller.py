@@ -6,10 +6,12 @@ architecture the study already evaluated, and otherwise trains it on the proxy t
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
@@ -19,6 +21,7 @@ from search_spaces import ArchSpec, build_model, count_cost
 from search_spaces.space import SearchSpace
 
 from .config import ConfigError, SearchConfig
+from .lease import CLAIM_ATTR
 from .reward import reward
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -57,8 +60,15 @@ def worker_index() -> int:
     return 0
 
 
-def sampler_seed(seed: int, study: optuna.Study | None = None) -> int:
-    """Distinct per worker: ``seed`` for a lone worker, mixed with the worker index / pid otherwise."""
+def sampler_seed(seed: int, study: optuna.Study | None = None, slot: int | None = None) -> int:
+    """Distinct per worker: ``seed`` for a lone worker, mixed with the worker's index otherwise.
+
+    ``slot`` is the worker's slot in the study (``nas.workers.register_worker``: distinct among the
+    live workers of a study, 0 for a lone one): ``seed + 7919 * slot``. Without it, the launcher's
+    index, mixed with the pid when other trials are running.
+    """
+    if slot is not None:
+        return seed + 7919 * slot
     index = worker_index()
     others = study is not None and bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     return seed + 7919 * index + (os.getpid() if others and index == 0 else 0)
@@ -148,28 +158,40 @@ class StopAtTrials:
             study.stop()
 
 
+def worker_label() -> str:
+    """``host:pid``: which worker ran a trial (user attribute ``worker``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass
 class Objective:
-    """The trial function: sample, price, reject / reuse, train, score."""
+    """The trial function: sample, price, reject / reuse, train, score.
+
+    ``lock`` (a ``nas.locks.StudyLock`` when workers share the study) makes the check "is this
+    architecture done or being trained?" and the claim that follows one step, so no architecture
+    trains on two workers at once.
+    """
 
     cfg: SearchConfig
     space: SearchSpace
     train: Callable[[ArchSpec, optuna.Trial | None, int], Any]  # (arch, trial, seed) -> TrainResult
     multi_objective: bool = False
+    lock: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+    worker: str = field(default_factory=worker_label)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         cfg = self.cfg
         arch = self.space.sample(trial)
         key = arch.to_str()
         cost = count_cost(arch, cfg.resolution)
-        for k, v in (("arch", key), ("macs", cost.macs), ("params", cost.params)):
+        for k, v in (("arch", key), ("macs", cost.macs), ("params", cost.params), ("worker", self.worker)):
             trial.set_user_attr(k, v)
         low, high = cfg.target_flops / cfg.flops_band, cfg.target_flops * cfg.flops_band
         if not low <= cost.macs <= high:
             reason = f"rejected untrained: {cost.macs / 1e6:.1f}M MACs outside [{low / 1e6:.1f}M, {high / 1e6:.1f}M]"
             trial.set_user_attr("reason", reason)
             raise optuna.TrialPruned(reason)
-        reused = self._reuse(trial, key)
+        reused = self._claim(trial, key)
         if reused is not None:
             return reused
         trial.set_user_attr("trained", True)
@@ -186,26 +208,37 @@ class Objective:
             trial.set_user_attr(k, v)
         return (result.accuracy, float(cost.macs)) if self.multi_objective else r
 
-    def _reuse(self, trial: optuna.Trial, key: str) -> float | tuple[float, ...] | None:
-        """The values of an earlier trial of the same architecture; prune if one is still running."""
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                 TrialState.RUNNING)):
-            if t.number == trial.number or t.user_attrs.get("arch") != key:
-                continue
-            if t.state == TrialState.COMPLETE:
-                trial.set_user_attr("duplicate_of", t.user_attrs.get("duplicate_of", t.number))
-                for k in ("accuracy", "top5", "reward"):
-                    trial.set_user_attr(k, t.user_attrs.get(k))
-                return tuple(t.values) if self.multi_objective else t.values[0]
-            if t.state == TrialState.PRUNED and t.user_attrs.get("trained"):
-                reason = f"duplicate of trial {t.number}, pruned while training"
-            elif t.state == TrialState.RUNNING and t.number < trial.number:
-                reason = f"duplicate of trial {t.number}, running on another worker"
-            else:
-                continue
-            trial.set_user_attr("reason", reason)
-            raise optuna.TrialPruned(reason)
+    def _claim(self, trial: optuna.Trial, key: str) -> float | tuple[float, ...] | None:
+        """Under the study lock: an earlier result of the same architecture, or prune, or claim it.
+
+        Returns the values of a completed twin; prunes when a twin was pruned while training, is
+        training on a worker (its claim is on record), or the study already holds its trials.
+        Otherwise records this trial's claim and returns None: train it.
+        """
+        with self.lock:
+            trials = trial.study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
+            for t in trials:
+                if t.number == trial.number or t.user_attrs.get("arch") != key:
+                    continue
+                if t.state == TrialState.COMPLETE:
+                    trial.set_user_attr("duplicate_of", t.user_attrs.get("duplicate_of", t.number))
+                    for k in ("accuracy", "top5", "reward"):
+                        trial.set_user_attr(k, t.user_attrs.get(k))
+                    return tuple(t.values) if self.multi_objective else t.values[0]
+                if t.state == TrialState.PRUNED and t.user_attrs.get("trained"):
+                    self._prune(trial, f"duplicate of trial {t.number}, pruned while training")
+                if t.state == TrialState.RUNNING and t.system_attrs.get(CLAIM_ATTR) == t.number:
+                    self._prune(trial, f"duplicate of trial {t.number}, running on another worker")
+            done = sum(counted(t) for t in trials)
+            if done >= self.cfg.trials and "retry_of" not in trial.user_attrs:  # a retry was in flight already
+                self._prune(trial, f"not trained: the study holds its {done} trials")
+            trial.study._storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, trial.number)
         return None
+
+    @staticmethod
+    def _prune(trial: optuna.Trial, reason: str) -> None:
+        trial.set_user_attr("reason", reason)
+        raise optuna.TrialPruned(reason)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

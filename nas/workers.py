@@ -1,0 +1,352 @@
+"""Many workers on one study: slots, the optimize loop that survives faults, and DDP trials.
+
+A worker is one ``nas-search`` process (or one ``torchrun`` group of them: rank 0 talks to the
+study, every rank trains). Workers started independently on the same storage and study name
+cooperate through the study alone:
+
+- ``register_worker`` gives each live worker a distinct slot (its sampler seed is
+  ``seed + 7919 * slot``), preferring the launcher's index (SLURM array task, Kubernetes
+  completion index) when it is free;
+- ``optimize`` runs trials until the study holds its trials, carries on when another worker
+  failed this worker's trial as stale, and before leaving waits until every other running
+  trial either shows a heartbeat (its worker will finish it) or is failed and queued again;
+- ``Ranks`` runs each trial's training on all ranks of a ``torchrun`` group with DDP.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from datetime import timedelta
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.trial import TrialState
+
+__all__ = ["register_worker", "release_worker", "settle", "queued_retries", "optimize", "study_health",
+           "requeue_interrupted", "Ranks", "split_nproc", "under_torchrun", "relaunch_under_torchrun"]
+
+log = logging.getLogger(__name__)
+
+_SLOT_ATTR = "nas:worker:{}"
+_LAUNCHER_VARS = ("NAS_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "JOB_COMPLETION_INDEX")
+
+
+def _launcher_index() -> int | None:
+    for var in _LAUNCHER_VARS:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return None
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def register_worker(study: optuna.Study, lock: Any) -> int:
+    """Take the lowest free worker slot of ``study`` (the launcher's index first, if free).
+
+    A slot is free when never taken, released, or held by a dead process on this host. Slots
+    of workers killed on other hosts stay taken: later workers get higher ones, still distinct.
+    """
+    host, pid = socket.gethostname(), os.getpid()
+    storage, sid = study._storage, study._study_id
+    with lock:
+        attrs = storage.get_study_system_attrs(sid)
+
+        def free(k: int) -> bool:
+            held = attrs.get(_SLOT_ATTR.format(k))
+            return not held or bool(held.get("ended")) or (held.get("host") == host and not _pid_alive(held.get("pid")))
+
+        preferred = _launcher_index()
+        if preferred is not None and free(preferred):
+            slot = preferred
+        else:  # at most len(attrs) slots are taken
+            slot = next(k for k in range(len(attrs) + 1) if free(k))
+        storage.set_study_system_attr(sid, _SLOT_ATTR.format(slot), {"host": host, "pid": pid, "started": time.time()})
+    return slot
+
+
+def release_worker(study: optuna.Study, slot: int) -> None:
+    """Mark ``slot`` free again (best effort: a storage that is gone keeps it taken)."""
+    key = _SLOT_ATTR.format(slot)
+    try:
+        held = study._storage.get_study_system_attrs(study._study_id).get(key) or {}
+        if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
+            study._storage.set_study_system_attr(study._study_id, key, {**held, "ended": time.time()})
+    except Exception as exc:  # leaving anyway
+        log.debug("could not release worker slot %d: %s", slot, exc)
+
+
+def _backend(storage: Any) -> Any:
+    return storage._backend if isinstance(storage, optuna.storages._CachedStorage) else storage
+
+
+def settle(study: optuna.Study) -> None:
+    """Wait until each running trial shows a heartbeat or is failed as stale (and queued again).
+
+    Called by a worker before it leaves: a trial left running by a killed worker is then never
+    left behind, even by the last worker standing. Takes at most one grace period plus two
+    heartbeats, and no time when nothing else runs.
+    """
+    storage = _backend(study._storage)
+    if not is_heartbeat_enabled(study._storage) or not hasattr(storage, "lease_tokens"):
+        return
+    interval = storage.get_heartbeat_interval()
+    deadline = time.monotonic() + (storage.grace_period or 2 * interval) + 2 * interval + 1
+    first: dict[int, Any] | None = None
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        tokens = storage.lease_tokens(study._study_id)
+        if first is None:
+            first = dict(tokens)
+            if tokens:
+                log.info("waiting for a heartbeat from %d running trial(s) of other workers", len(tokens))
+        missing = object()
+        pending = [i for i, token in tokens.items() if first.get(i, missing) == token]
+        if not pending or time.monotonic() > deadline:
+            return
+        time.sleep(min(1.0, interval / 2))
+
+
+def queued_retries(study: optuna.Study) -> int:
+    """Retries of lost trials waiting for a worker (``nas.lease.RetryStaleTrial``)."""
+    return sum("retry_of" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def optimize(study: optuna.Study, objective: Callable, done: Callable[[optuna.Study], bool],
+             timeout: float | None, callbacks: Sequence[Callable], catch: tuple[type[Exception], ...]) -> None:
+    """``study.optimize`` until ``done(study)`` or ``timeout``, surviving other workers' faults.
+
+    A trial lost with its worker was in flight when it died: its queued retry runs even after
+    the study is done. A trial of this worker that another worker failed as stale (missed
+    heartbeats: a stall, a long storage outage) cannot be finished (``UpdateFinishedTrialError``,
+    or Optuna's "Cannot tell a FAIL trial"); its retry is queued already, so this worker carries
+    on. Before returning (except on timeout), ``settle``.
+
+    Raises:
+        nas.storage.StorageUnavailable: the storage stayed unreachable for its retry window.
+        KeyboardInterrupt: Ctrl-C or SIGTERM (the running trial is failed first).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    settled = False
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        if done(study) and not queued_retries(study):
+            if settled:
+                return
+            settle(study)  # may fail stale trials and queue their retries: look again
+            settled = True
+            continue
+        settled = False
+        try:
+            study.optimize(objective, timeout=remaining, catch=catch, callbacks=list(callbacks))
+        except (UpdateFinishedTrialError, ValueError) as exc:
+            if isinstance(exc, ValueError) and not str(exc).startswith("Cannot tell a"):
+                raise _storage_lost(exc) or exc
+            log.warning("a trial of this worker was failed as stale by another worker (missed heartbeats: %s); "
+                        "its retry is queued, carrying on", exc)
+        except Exception as exc:  # Optuna may mask a lost storage while failing the trial (UnboundLocalError)
+            raise _storage_lost(exc) or exc
+
+
+def _storage_lost(exc: BaseException) -> BaseException | None:
+    """The ``StorageUnavailable`` in ``exc``'s chain, if any."""
+    from .storage import StorageUnavailable
+
+    for _ in range(10):
+        if exc is None or isinstance(exc, StorageUnavailable):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def study_health(study: optuna.Study) -> dict[str, int]:
+    """What a cluster run must leave behind, as counts (all but ``trained`` and ``trials`` should be 0 at the end).
+
+    ``trained``: finished trials that count toward the budget; ``running``: trials still RUNNING;
+    ``queued_retries``: retries of lost trials not run yet; ``duplicated``: architectures trained by
+    more than one finished trial; ``lost``: trials that failed with their worker mid-training
+    and have no finished retry (a trial that diverged has a ``reason`` and is not lost).
+    """
+    from .controller import counted
+
+    trials = study.get_trials(deepcopy=False)
+    archs: dict[str, int] = {}
+    for t in trials:
+        if counted(t):
+            archs[t.user_attrs.get("arch", "")] = archs.get(t.user_attrs.get("arch", ""), 0) + 1
+    retried = {t.user_attrs.get("retry_of") for t in trials if t.state.is_finished()}
+    lost = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("trained")
+            and "reason" not in t.user_attrs and t.number not in retried]
+    return {"trials": len(trials), "trained": sum(archs.values()),
+            "running": sum(t.state == TrialState.RUNNING for t in trials),
+            "queued_retries": sum(t.state == TrialState.WAITING and "retry_of" in t.user_attrs for t in trials),
+            "duplicated": sum(n > 1 for n in archs.values()), "lost": len(lost)}
+
+
+def requeue_interrupted(study: optuna.Study, worker: str, retry: Any) -> None:
+    """Queue again the trial this worker was training when interrupted (preemption loses no work).
+
+    ``retry`` is a ``nas.lease.RetryStaleTrial``; ``worker`` the ``Objective``'s worker label.
+    """
+    try:
+        trials = study.get_trials(deepcopy=False)
+        mine = [t for t in trials if t.user_attrs.get("worker") == worker]
+        last = max(mine, key=lambda t: t.number) if mine else None
+        if last is not None and last.state == TrialState.FAIL and last.user_attrs.get("trained") \
+                and "reward" not in last.user_attrs and retry.queue(study, last):
+            log.info("trial %d was interrupted while training: queued again", last.number)
+    except Exception as exc:  # interrupted while the storage is gone: heartbeats cover it
+        log.debug("could not queue the interrupted trial again: %s", exc)
+
+
+# --- several processes per trial (torchrun) -------------------------------------------------
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def split_nproc(argv: Sequence[str]) -> tuple[int, list[str]]:
+    """``--nproc-per-node N`` (or ``=N``) and the other arguments.
+
+    Raises:
+        ValueError: N is not a whole number >= 1.
+    """
+    rest, nproc, i = [], "1", 0
+    args = list(argv)
+    while i < len(args):
+        a = args[i]
+        if a == "--nproc-per-node" and i + 1 < len(args):
+            nproc, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--nproc-per-node="):
+            nproc = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    if not nproc.isdigit() or int(nproc) < 1:
+        raise ValueError(f"--nproc-per-node must be a whole number >= 1, but got {nproc!r}")
+    return int(nproc), rest
+
+
+def relaunch_under_torchrun(module: str, nproc: int, argv: Sequence[str]) -> int:
+    """Run ``python -m module argv`` as ``nproc`` processes under ``torchrun --standalone``.
+
+    SIGTERM and SIGINT are passed on to torchrun, which passes them to every rank.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", module, *argv]
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.Popen(cmd, env=env)
+    previous = {s: signal.signal(s, lambda sig, _frame: proc.send_signal(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Ranks:
+    """The processes of one worker: rank 0 leads (talks to the study), the other ranks follow.
+
+    Outside ``torchrun`` there is one process and ``lead`` returns ``train`` unchanged. Under
+    ``torchrun`` rank 0 sends each trial's architecture and seed to the others over a gloo group
+    (so CUDA runs keep NCCL for training), every rank trains it with DDP (``nas.train``), and
+    rank 0 checks that all ranks got the same result before it goes to the study.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1, group: Any = None) -> None:
+        self.rank, self.world_size, self.group = rank, world_size, group
+        self._closed = False
+
+    @classmethod
+    def join(cls, device: str) -> "Ranks":
+        """Join the ``torchrun`` process group (a no-op outside ``torchrun``)."""
+        if not under_torchrun():
+            return cls()
+        import torch
+        import torch.distributed as dist
+
+        from .distributed import init_from_env
+
+        name = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        kind = torch.device(name).type
+        if kind == "cuda" and torch.device(name).index is None:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        info = init_from_env(kind)
+        group = dist.new_group(backend="gloo", timeout=timedelta(days=7))  # rank 0 may wait long on the study
+        return cls(info.rank, info.world_size, group)
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def _broadcast(self, message: Any) -> Any:
+        import torch.distributed as dist
+
+        box = [message]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def _agree(self, result: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        views: list[Any] = [None] * self.world_size
+        dist.all_gather_object(views, (result.accuracy, result.loss, result.images), group=self.group)
+        return views
+
+    def lead(self, train: Callable[[Any, Any, int], Any]) -> Callable[[Any, Any, int], Any]:
+        """``train(arch, trial, seed)`` run on every rank; rank 0's view of it."""
+        if self.world_size == 1:
+            return train
+
+        def on_all_ranks(arch: Any, trial: Any, seed: int) -> Any:
+            self._broadcast({"arch": arch.to_dict(), "seed": seed})
+            result = train(arch, trial, seed)
+            views = self._agree(result)
+            if any(v[0] != views[0][0] or v[2] != views[0][2] or abs(v[1] - views[0][1]) > 1e-6 * abs(views[0][1])
+                   for v in views):
+                raise RuntimeError(f"the {self.world_size} ranks disagree on the result: {views}")
+            if trial is not None:
+                trial.set_user_attr("world_size", self.world_size)
+            return result
+        return on_all_ranks
+
+    def follow(self, train: Callable[[Any, Any, int], Any]) -> int:
+        """Train what rank 0 sends until it says stop; returns the exit status (0)."""
+        from search_spaces import ArchSpec
+
+        from .train import TrainingDiverged
+
+        while True:
+            message = self._broadcast(None)
+            if message is None:
+                return 0
+            try:
+                result = train(ArchSpec.from_dict(message["arch"]), None, message["seed"])
+            except (optuna.TrialPruned, TrainingDiverged):  # decided together with rank 0
+                continue
+            self._agree(result)
+
+    def close(self) -> None:
+        """Rank 0: tell the other ranks to stop (once)."""
+        if self.world_size > 1 and self.leader and not self._closed:
+            self._closed = True
+            self._broadcast(None)
