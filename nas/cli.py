@@ -22,9 +22,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def add_proxy_arguments(g: Any, unit: str, proxy_resolution_help: str) -> None:
+    """The proxy-task flags of nas-search and nas-grid-scale: the same names with the same meaning."""
+    g.add_argument("--dataset", help="digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic [digits]")
+    g.add_argument("--data-dir", help="dataset directory (fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    g.add_argument("--proxy-resolution", type=int, help=proxy_resolution_help)
+    g.add_argument("--val-size", type=float, help="held-out part of the training set: fraction or count [0.1]")
+    g.add_argument("--train-size", type=int, help="cap on training images")
+    g.add_argument("--epochs", type=float, help=f"proxy epochs per {unit} [1]")
+    g.add_argument("--batch-size", type=int, help="[128]")
+    g.add_argument("--lr", type=float, help="learning rate [the trainer's default]")
+    g.add_argument("--max-seconds", type=float, help=f"training time cap per {unit}")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N [auto]")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nas-search", description=__doc__,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
+                formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
     a = p.add_argument
     a("--config", help="YAML file of options (keys = flag names); flags override it")
     g = p.add_argument_group("objective")
@@ -34,17 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flops-band", type=float, help="reject untrained outside [T/band, T*band] [4]")
     g.add_argument("--resolution", type=int, help="deployment resolution at which MACs are counted [224]")
     g = p.add_argument_group("proxy task")
-    g.add_argument("--dataset", help="digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic [digits]")
-    g.add_argument("--data-dir", help="dataset directory (fashion-mnist: /usr/share/datasets/fashion-mnist)")
-    g.add_argument("--proxy-resolution", type=int, help="training resolution of the proxy [32]")
-    g.add_argument("--val-size", type=float, help="held-out part of the training set: fraction or count [0.1]")
-    g.add_argument("--train-size", type=int, help="cap on training images")
-    g.add_argument("--epochs", type=float, help="proxy epochs per trial [1]")
-    g.add_argument("--batch-size", type=int, help="[128]")
-    g.add_argument("--lr", type=float, help="learning rate [the trainer's default]")
-    g.add_argument("--max-seconds", type=float, help="training time cap per trial")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:N [auto]")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    add_proxy_arguments(g, "trial", "training resolution of the proxy [32]")
     g.add_argument("--nproc-per-node", help="processes per trial, each on its own GPU, trained with DDP "
                                             "(relaunches under torchrun; rank 0 talks to the study) [1]")
     g = p.add_argument_group("controller")

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from nas.cli import data_config, train_config
+from nas.cli import add_proxy_arguments, data_config, train_config
 from nas.config import ConfigError, config_fields, make_config, mask_url, public_dict, read_config_file
 
 from .compound import Candidate, Coefficients, Grid, cost_candidates
@@ -173,18 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", help="compound (alpha^phi, beta^phi, gamma^phi) or official (the published table) "
                                   "[compound]")
     g = p.add_argument_group("proxy task (as nas-search)")
-    g.add_argument("--dataset", help="digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic [digits]")
-    g.add_argument("--data-dir", help="dataset directory (fashion-mnist: /usr/share/datasets/fashion-mnist)")
-    g.add_argument("--proxy-resolution", type=int, help="proxy resolution of the base; a candidate trains at "
-                                                        "round(this * gamma) [32]")
-    g.add_argument("--val-size", type=float, help="held-out part of the training set: fraction or count [0.1]")
-    g.add_argument("--train-size", type=int, help="cap on training images")
-    g.add_argument("--epochs", type=float, help="proxy epochs per candidate [1]")
-    g.add_argument("--batch-size", type=int, help="[128]")
-    g.add_argument("--lr", type=float, help="learning rate [the trainer's default]")
-    g.add_argument("--max-seconds", type=float, help="training time cap per candidate")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:N [auto]")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    add_proxy_arguments(g, "candidate", "proxy resolution of the base; a candidate trains at round(this * gamma) [32]")
     g = p.add_argument_group("controller (as nas-search)")
     g.add_argument("--timeout", type=float, help="wall-clock limit of this worker, seconds")
     g.add_argument("--pruner", help="hyperband, median, none [none]")
