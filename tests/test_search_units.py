@@ -72,3 +72,21 @@ def test_pareto_front():
     pts = [(0.9, 500.0), (0.8, 300.0), (0.85, 600.0), (0.7, 300.0), (0.95, 900.0)]
     assert pareto_front(pts) == [0, 1, 4]
     assert math.isclose(len(pareto_front([(0.5, 1.0)] * 3)), 3)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "nsga2", "gp"])
+def test_every_sampler_searches_the_real_space(name):
+    import optuna
+
+    from nas.controller import make_sampler
+    from search_spaces import count_cost, default_space
+
+    space = default_space()
+    directions = ["maximize", "minimize"] if name == "nsga2" else ["maximize"]
+    study = optuna.create_study(directions=directions, sampler=make_sampler(name, seed=0, n_startup=3))
+    for _ in range(6):
+        trial = study.ask()
+        macs = count_cost(space.sample(trial)).macs
+        study.tell(trial, [1.0, macs] if name == "nsga2" else -abs(macs - 4e8))
+    assert len({str(t.params) for t in study.trials}) > 1  # it explores
+    assert all(set(t.params) == set(space.choices()) for t in study.trials)
