@@ -53,7 +53,7 @@ def main() -> None:
             "sqlite": run(open_storage(f"sqlite:///{tmp}/study.db", Path(tmp)), args.sqlite_trials or args.trials),
         }
     base = results["journal file (default)"][0]
-    print(f"controller overhead per trial, TPE (multivariate, constant liar), 42 parameters")
+    print("controller overhead per trial, TPE (multivariate, constant liar), 42 parameters")
     print(f"{'storage':<24} {'trials':>6} {'mean ms':>8} {'last-10% ms':>12} {'mean / default':>15}")
     for name, (mean, tail) in results.items():
         n = args.sqlite_trials or args.trials if name == "sqlite" else args.trials

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search_spaces import ArchSpec, build_model, count_cost
+from search_spaces import ArchSpec, count_cost
 from search_spaces.space import SearchSpace
 
 from .config import ConfigError, SearchConfig

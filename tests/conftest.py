@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 import pg
+import torch
 
 # Quick trials: digits at 16 px, a few hundred training images, one epoch (a couple of seconds).
 FAST = ["--dataset", "digits", "--proxy-resolution", "16", "--epochs", "1", "--batch-size", "64", "--train-size",
@@ -22,9 +23,7 @@ CLUSTER_ENV = {"NAS_HEARTBEAT_SECONDS": "1", "NAS_GRACE_SECONDS": "6", "OMP_NUM_
 _names = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """One PostgreSQL server on 127.0.0.1 for the session (skipped where the binaries are absent)."""
+def _server():
     reason = pg.why_unavailable()
     if reason:
         pytest.skip(reason)
@@ -34,6 +33,12 @@ def pg_server():
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server on 127.0.0.1 for the session (skipped where the binaries are absent)."""
+    yield from _server()
 
 
 @pytest.fixture
@@ -45,15 +50,7 @@ def pg_url(pg_server) -> str:
 @pytest.fixture
 def own_pg_server():
     """A server of this test's own, for tests that stop and restart it."""
-    reason = pg.why_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = pg.PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
+    yield from _server()
 
 
 class Workers:
@@ -130,3 +127,12 @@ def assert_leaderboard_matches(path: Path, study) -> None:
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     assert pg.wait_until(predicate, timeout), f"timed out after {timeout:.0f} s waiting for {what}"
+
+
+@pytest.fixture
+def one_thread():
+    """Small batches: one intra-op thread beats two spinning ones on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

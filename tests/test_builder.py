@@ -8,6 +8,9 @@ from torch import nn
 from search_spaces import ArchSpec, StageSpec, build_model, get_preset, list_presets, resolve
 from search_spaces.blocks import DropPath, SqueezeExcite
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 # REFERENCE.md section 2 (timm / torchvision / efficientnet_pytorch); torchvision mobilenet_v2;
 # timm semnasnet_100. Every preset needs an entry here, or test_preset_param_count fails.
 REFERENCE_PARAMS = {
@@ -51,15 +54,6 @@ TINY = ArchSpec(
     )),
     stem_channels=8, head_channels=0, resolution=32, name="tiny",
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 1-2 images: one intra-op thread is several times cheaper than two (no spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _b0_layers() -> list[tuple[int, int, int, int, int]]:

@@ -6,19 +6,13 @@ import torch
 
 from search_spaces import ArchSpec, StageSpec, build_model, count_cost, get_preset, list_presets
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 fvcore_nn = pytest.importorskip("fvcore.nn")
 optuna = pytest.importorskip("optuna")
 
 FAST_MAX_RESOLUTION = 300  # B4..B7 (380..600 px) are traced at 224 here, at full size in the slow test
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 1-2 images: one intra-op thread is several times cheaper than two (no spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _fvcore_macs(arch: ArchSpec, resolution: int, num_classes: int = 1000, in_chans: int = 3) -> tuple[int, int]:

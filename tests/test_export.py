@@ -4,7 +4,6 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -20,6 +19,10 @@ from search_spaces.export import (ROUNDING_FACTOR, TOLERANCE, ExportCheckFailed,
                                   python_source, timm_arch_def, timm_source)
 from search_spaces.export_cli import main
 from search_spaces.weights import pretrained_model, use_tf_padding
+from helpers import randomize_
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # A small network with what the presets lack: a regular conv with SE, pooling shortcuts with and without
 # projection, activation overrides, no head conv, width and depth multipliers.
@@ -38,39 +41,6 @@ TIMM_ARCH_DEFS = {
                    ["ir_r4_k3_s2_e6_c80"], ["ir_r2_k3_s1_e6_c112_se0.25"], ["ir_r3_k5_s2_e6_c160_se0.25"],
                    ["ir_r1_k3_s1_e6_c320"]],
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two spinning threads on a shared 2-core machine run a forward 10-100x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize_(module: torch.nn.Module, seed: int, resolution: int = 64) -> torch.nn.Module:
-    """Random weights, then BatchNorm statistics measured on a random batch: outputs that depend on the input."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if t.dtype.is_floating_point and t.ndim > 1:
-                t.copy_(torch.randn(t.shape, generator=gen) / math.sqrt(t[0].numel()))
-            elif name.endswith((".weight", ".bias")):
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5 if name.endswith("weight") else
-                        torch.randn(t.shape, generator=gen) * 0.1)
-        norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-        module.train()(torch.randn(8, module_in_chans(module), resolution, resolution, generator=gen))
-        for m in norms:
-            m.momentum = 0.01
-    return module.eval()
-
-
-def module_in_chans(module: torch.nn.Module) -> int:
-    return next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
 
 
 def _inputs(batch: int, resolution: int, seed: int = 1) -> torch.Tensor:

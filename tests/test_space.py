@@ -11,19 +11,13 @@ import yaml
 from search_spaces import ArchSpec, build_model, get_preset
 from search_spaces.space import SPACE_DIR, SearchSpace, SpaceError, default_space
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 optuna = pytest.importorskip("optuna")
 
 SPACE_YAML = (SPACE_DIR / "mnasnet.yaml").read_text()
 PARAM_KINDS = ("op", "kernel", "se", "skip", "filters", "layers")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Batches of 1-2 images: one intra-op thread is several times cheaper than two (no spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _sampled(n: int, seed: int) -> tuple[list[ArchSpec], list[dict]]:

@@ -12,6 +12,10 @@ from search_spaces import get_preset
 from search_spaces.builder import build_model
 from search_spaces.weights import (Conv2dSameTF, WeightsError, detect_format, from_native, key_map, load_checkpoint,
                                    load_weights, pretrained_model, source_convention, use_tf_padding)
+from helpers import randomize_
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 try:
     from efficientnet_pytorch import EfficientNet
@@ -19,35 +23,6 @@ except ImportError:  # the torchvision/timm layout tests and the error tests sti
     EfficientNet = None
 needs_efficientnet_pytorch = pytest.mark.skipif(
     EfficientNet is None, reason="efficientnet_pytorch is not installed (pip install efficientnet-pytorch==0.7.1)")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two spinning threads on a shared 2-core machine run a forward 10-100x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize_(module: torch.nn.Module, seed: int, resolution: int = 64) -> torch.nn.Module:
-    """Random weights, then BatchNorm statistics measured on a random batch: outputs that depend on the input."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if t.dtype.is_floating_point and t.ndim > 1:
-                t.copy_(torch.randn(t.shape, generator=gen) / math.sqrt(t[0].numel()))
-            elif name.endswith((".weight", ".bias")):  # BN scale and shift, conv and linear biases
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5 if name.endswith("weight") else
-                        torch.randn(t.shape, generator=gen) * 0.1)
-        norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: the statistics of the one batch below
-        module.train()(torch.randn(8, 3, resolution, resolution, generator=gen))
-        for m in norms:
-            m.momentum = 0.01
-    return module.eval()
 
 
 def _compare(source: torch.nn.Module, ours: torch.nn.Module, resolution: int) -> float:
