@@ -37,6 +37,14 @@ def add_proxy_arguments(g: Any, unit: str, proxy_resolution_help: str) -> None:
     g.add_argument("--threads", type=int, help="torch CPU threads")
 
 
+def add_study_arguments(g: Any, prog: str) -> None:
+    """``--storage``, ``--study-name`` and ``--out``: the same meaning in nas-search and nas-grid-scale."""
+    g.add_argument("--storage", help="Optuna storage: journal:PATH, sqlite:///..., postgresql://... "
+                                     "[a journal file in --out]")
+    g.add_argument("--study-name", help=f"[{prog}]")
+    g.add_argument("--out", help=f"output directory [runs/{prog}]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nas-search", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=None)
@@ -60,10 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="[0]")
     g.add_argument("--seed-arch", help="comma-separated presets or YAML files to evaluate first")
     g.add_argument("--space", help="search-space YAML file or bundled name [mnasnet]")
-    g.add_argument("--storage", help="Optuna storage: journal:PATH, sqlite:///..., postgresql://... "
-                                     "[a journal file in --out]")
-    g.add_argument("--study-name", help="[nas-search]")
-    g.add_argument("--out", help="output directory [runs/nas-search]")
+    add_study_arguments(g, "nas-search")
     g.add_argument("--dry-run", action="store_true", default=None, help="print the plan and exit")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress lines")
     return p

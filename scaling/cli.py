@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from nas.cli import add_proxy_arguments, data_config, train_config
+from nas.cli import add_proxy_arguments, add_study_arguments, data_config, train_config
 from nas.config import ConfigError, config_fields, make_config, mask_url, public_dict, read_config_file
 
 from .compound import Candidate, Coefficients, Grid, cost_candidates
@@ -178,10 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout", type=float, help="wall-clock limit of this worker, seconds")
     g.add_argument("--pruner", help="hyperband, median, none [none]")
     g.add_argument("--seed", type=int, help="[0]")
-    g.add_argument("--storage", help="Optuna storage: journal:PATH, sqlite:///..., postgresql://... "
-                                     "[a journal file in --out]")
-    g.add_argument("--study-name", help="[nas-grid-scale]")
-    g.add_argument("--out", help="output directory [runs/nas-grid-scale]")
+    add_study_arguments(g, "nas-grid-scale")
     g.add_argument("--dry-run", action="store_true", default=None, help="write candidates.csv and exit")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress lines or tables")
     return p
