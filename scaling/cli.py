@@ -27,7 +27,7 @@ from nas.cli import add_proxy_arguments, add_study_arguments, data_config, train
 from nas.config import ConfigError, config_fields, make_config, mask_url, public_dict, read_config_file
 
 from .compound import Candidate, Coefficients, Grid, cost_candidates
-from .search import Evaluate, SearchSettings, choose, run_search, study_settings
+from .search import CandidateTrainer, Evaluate, SearchSettings, choose, run_search, study_settings
 from .variants import MODES, PHIS, Variant, make_family, variant_yaml
 
 log = logging.getLogger("nas-grid-scale")
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "[compound]")
     g = p.add_argument_group("proxy task (as nas-search)")
     add_proxy_arguments(g, "candidate", "proxy resolution of the base; a candidate trains at round(this * gamma) [32]")
+    g.add_argument("--nproc-per-node", help="processes per candidate, each on its own GPU, trained with DDP "
+                                            "(relaunches under torchrun; rank 0 talks to the study) [1]")
     g = p.add_argument_group("controller (as nas-search)")
     g.add_argument("--timeout", type=float, help="wall-clock limit of this worker, seconds")
     g.add_argument("--pruner", help="hyperband, median, none [none]")
@@ -282,11 +284,11 @@ def emit(cfg: GridConfig, base: Any, coefficients: Coefficients | None, candidat
     return variants
 
 
-def _search(cfg: GridConfig, base: Any, candidates: Sequence[Candidate]) -> tuple[dict[int, dict], bool, Any]:
+def _search(cfg: GridConfig, base: Any, candidates: Sequence[Candidate], train: Any) -> tuple[dict[int, dict], bool, Any]:
     proxy = {k: getattr(cfg, k) for k in ("dataset", "proxy_resolution", "epochs", "val_size", "train_size", "seed")}
     settings = SearchSettings(cfg.study_name, cfg.storage, cfg.out_dir, cfg.pruner, cfg.max_candidates, cfg.timeout,
                               cfg.quiet)
-    objective = Evaluate(candidates, data_config(cfg), train_config(cfg))
+    objective = Evaluate(candidates, train, seed=cfg.seed)
     return run_search(settings, objective, study_settings(base.to_yaml(), candidates, proxy))
 
 
@@ -330,10 +332,21 @@ def run(cfg: GridConfig) -> int:
         return 0
     results, interrupted, lock = {}, False, nullcontext()
     if not cfg.given:
+        from nas.workers import Ranks
+
+        trainer = CandidateTrainer(candidates, data_config(cfg), train_config(cfg))
+        ranks = Ranks.join(cfg.device)  # under torchrun: rank 0 runs the study, every rank trains
+        if not ranks.leader:
+            return ranks.follow(trainer)
         t_search = time.perf_counter()
-        results, interrupted, lock = _search(cfg, base, candidates)
-        log.info("grid search: %d candidate(s) evaluated in the study; this worker %.0f s", len(results),
-                 time.perf_counter() - t_search)
+        interrupted = True  # until the search returns: the other ranks may be gone
+        try:
+            results, interrupted, lock = _search(cfg, base, candidates, ranks.lead(trainer))
+        finally:
+            if not interrupted:
+                ranks.close()
+        log.info("grid search: %d candidate(s) evaluated in the study; this worker %.0f s, %d process(es) per "
+                 "candidate", len(results), time.perf_counter() - t_search, ranks.world_size)
     with lock:  # workers sharing --out write one at a time; the last one saw every result
         coefficients, chosen, variants = _write_outputs(cfg, base, candidates, results, seconds)
     if coefficients is None:
@@ -356,6 +369,7 @@ def run(cfg: GridConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from nas.data import DataError
+    from nas.workers import relaunch_under_torchrun, split_nproc, under_torchrun
     from search_spaces import SpecError
 
     from .compound import ScalingError
@@ -365,9 +379,15 @@ def main(argv: list[str] | None = None) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        cfg = parse_config(argv)
+        try:
+            nproc, rest = split_nproc(sys.argv[1:] if argv is None else list(argv))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        cfg = parse_config(rest)
         if cfg.quiet:
             logging.getLogger().setLevel(logging.WARNING)
+        if nproc > 1 and not under_torchrun() and not cfg.dry_run and not cfg.given:
+            return relaunch_under_torchrun("scaling.cli", nproc, rest)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C
         return run(cfg)
     except (ConfigError, SpecError, ScalingError, DataError) as exc:

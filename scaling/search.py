@@ -23,7 +23,7 @@ from nas.controller import counted, worker_label
 
 from .compound import Candidate
 
-__all__ = ["CandidateSampler", "StopAtCandidates", "Evaluate", "SearchSettings", "claims", "next_candidate",
+__all__ = ["CandidateSampler", "StopAtCandidates", "CandidateTrainer", "Evaluate", "SearchSettings", "claims", "next_candidate",
            "run_search", "collect", "choose", "study_settings"]
 
 log = logging.getLogger("nas-grid-scale")
@@ -97,14 +97,16 @@ class StopAtCandidates:
 
 
 @dataclass
-class Evaluate:
-    """The trial function: train the candidate the sampler picked, at its own proxy resolution."""
+class CandidateTrainer:
+    """``train(arch, trial, seed)`` for any candidate's arch: builds and trains it at its own proxy resolution.
+
+    Every rank of a ``torchrun`` group holds the same candidates, so a follower rank finds the
+    proxy resolution of the architecture rank 0 sends (``nas.workers.Ranks``).
+    """
 
     candidates: Sequence[Candidate]
     data_config: Any  # nas.data.DataConfig; its resolution is replaced by the candidate's
     train_config: Any  # nas.train.TrainConfig
-    lock: Any = field(default_factory=nullcontext)  # nas.locks.StudyLock: workers claim candidates one at a time
-    worker: str = field(default_factory=worker_label)
     _data: dict = field(default_factory=dict)
 
     def data(self, resolution: int) -> Any:
@@ -114,11 +116,32 @@ class Evaluate:
             self._data[resolution] = load_data(replace(self.data_config, resolution=resolution))
         return self._data[resolution]
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, arch: Any, trial: Any, seed: int) -> Any:
         import torch
 
-        from nas.train import TrainingDiverged, train_proxy
+        from nas.train import train_proxy
         from search_spaces import build_model
+
+        c = next(c for c in self.candidates if c.arch == arch)
+        data = self.data(c.proxy_resolution)
+        with torch.random.fork_rng(devices=[]):  # the same initialisation seed for every candidate, on any worker
+            torch.manual_seed(seed)
+            model = build_model(c.arch, num_classes=data.num_classes, in_chans=data.in_chans)
+        return train_proxy(model, data, replace(self.train_config, seed=seed), trial=trial)
+
+
+@dataclass
+class Evaluate:
+    """The trial function: claim the candidate the sampler picked and train it (``train(arch, trial, seed)``)."""
+
+    candidates: Sequence[Candidate]
+    train: Any  # CandidateTrainer, or rank 0's view of it on every rank (nas.workers.Ranks.lead)
+    seed: int = 0
+    lock: Any = field(default_factory=nullcontext)  # nas.locks.StudyLock: workers claim candidates one at a time
+    worker: str = field(default_factory=worker_label)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from nas.train import TrainingDiverged
 
         with self.lock:  # the sampler reads the study and the claim is written before the next worker looks
             index = trial.suggest_categorical("candidate", list(range(len(self.candidates))))
@@ -130,12 +153,8 @@ class Evaluate:
         c = self.candidates[index]
         for k, v in {**c.row(), "worker": self.worker, "trained": True}.items():
             trial.set_user_attr(k, v)
-        data = self.data(c.proxy_resolution)
-        with torch.random.fork_rng(devices=[]):  # the same initialisation seed for every candidate, on any worker
-            torch.manual_seed(self.train_config.seed)
-            model = build_model(c.arch, num_classes=data.num_classes, in_chans=data.in_chans)
         try:
-            result = train_proxy(model, data, self.train_config, trial=trial)
+            result = self.train(c.arch, trial, self.seed)
         except TrainingDiverged as exc:  # evaluated, without an accuracy: the grid moves on
             trial.set_user_attr("reason", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
