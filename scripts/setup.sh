@@ -15,4 +15,8 @@ py=${PYTHON:-python3}
 if ! $py -c "import torch" 2>/dev/null; then
   $py -m pip install -q torch==2.13.0   # the CPU build; a plain `torch` would pull a 5 GB CUDA build
 fi
+# torchvision (the release made for the installed torch, so pip never swaps torch for another build) and
+# timm: the tests import their EfficientNet models to check checkpoint import against the real thing.
+tv=$($py -c "import torch; print('0.%d.*' % (int(torch.__version__.split('.')[1]) + 15))")
+$py -m pip install -q "torchvision==$tv" "timm>=1.0"
 $py -m pip install -q -e ".[test,bench]"

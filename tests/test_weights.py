@@ -1,6 +1,7 @@
 """Checkpoint import. efficientnet_pytorch: against the real library (random weights, outputs compared).
-torchvision and timm cannot be imported beside this torch: their layouts are transcribed below from
-their sources as data, and checked key by key and through round trips."""
+torchvision and timm: against the real libraries in test_interop.py; their layouts are also transcribed
+below from their sources as data, and checked key by key and through round trips, so these tests
+run where neither library is installed."""
 from __future__ import annotations
 
 import math
