@@ -56,14 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reward", help="soft (ACC*(MACs/T)^w) or hard (w=0 at or under T, -1 over) [soft]")
     g.add_argument("--flops-band", type=float, help="reject untrained outside [T/band, T*band] [4]")
     g.add_argument("--resolution", type=int, help="deployment resolution at which MACs are counted [224]")
+    g.add_argument("--cost", help="macs, or latency: measured on this device (batch 1), estimated from a "
+                                  "per-layer table [macs]")
+    g.add_argument("--target-latency", help="latency target T with --cost latency: 15ms, 1500us or 0.015s")
+    g.add_argument("--latency-table", help="cache file of the per-layer latency table [OUT/latency_table.json]")
     g = p.add_argument_group("proxy task")
+    g.add_argument("--proxy", help="train (the proxy task), or zc:synflow, zc:naswot, zc:grad_norm, zc:snip "
+                                   "(a zero-cost score at initialization stands in for accuracy) [train]")
+    g.add_argument("--prescreen", help="K:k: score K random architectures in the cost band with "
+                                       "--prescreen-proxy, queue the best k to train first")
+    g.add_argument("--prescreen-proxy", help="synflow, naswot, grad_norm, snip [synflow]")
     add_proxy_arguments(g, "trial", "training resolution of the proxy [32]")
     g.add_argument("--nproc-per-node", help="processes per trial, each on its own GPU, trained with DDP "
                                             "(relaunches under torchrun; rank 0 talks to the study) [1]")
     g = p.add_argument_group("controller")
     g.add_argument("--trials", type=int, help="finished trials in the study, all workers together [20]")
     g.add_argument("--timeout", type=float, help="wall-clock limit of this worker, seconds")
-    g.add_argument("--sampler", help="tpe, random, nsga2, gp [tpe]")
+    g.add_argument("--sampler", help="tpe, random, nsga2, gp, rl (MnasNet-style policy-gradient controller) [tpe]")
     g.add_argument("--pruner", help="hyperband, median, none [hyperband]")
     g.add_argument("--seed", type=int, help="[0]")
     g.add_argument("--seed-arch", help="comma-separated presets or YAML files to evaluate first")
@@ -155,8 +164,13 @@ def _plan(cfg: SearchConfig, space: Any, seeds: list) -> str:
         f"parameters, digest {space.digest()}",
         f"dataset    {cfg.dataset} ({cfg.data_dir or 'default location'}), proxy {cfg.proxy_resolution}px, "
         f"{cfg.epochs:g} epoch(s) per trial, held-out {cfg.val_size:g}",
-        f"objective  {cfg.reward} ACC*(MACs/T)^w, T={cfg.target_flops / 1e6:g}M MACs at {cfg.resolution}px, "
-        f"w={cfg.reward_exponent:g}; untrained reject outside x{cfg.flops_band:g}",
+        (f"objective  {cfg.reward} ACC*(MACs/T)^w, T={cfg.target_flops / 1e6:g}M MACs at {cfg.resolution}px, "
+         if cfg.cost == "macs" else
+         f"objective  {cfg.reward} ACC*(LAT/T)^w, T={cfg.target_latency * 1e3:g} ms latency at {cfg.resolution}px "
+         f"(batch 1, per-layer table), ")
+        + f"w={cfg.reward_exponent:g}; untrained reject outside x{cfg.flops_band:g}; ACC = "
+        + ("held-out accuracy" if cfg.proxy == "train" else f"zero-cost score {cfg.proxy[3:]} at initialization")
+        + (f"; pre-screen {cfg.prescreen} by {cfg.prescreen_proxy}" if cfg.prescreen else ""),
         f"budget     {cfg.trials} trials, timeout {cfg.timeout or 'none'}, sampler {cfg.sampler}, "
         f"pruner {cfg.pruner}, seed {cfg.seed}",
         f"storage    {mask_url(cfg.storage) if cfg.storage else str(cfg.out_dir / 'study.journal')}, "
@@ -229,12 +243,24 @@ def run(cfg: SearchConfig) -> int:
         model = build_model(arch, num_classes=data.num_classes, in_chans=data.in_chans)
         return train_proxy(model, data, dataclasses.replace(tcfg, seed=seed), trial=trial)
 
+    def zero_cost(name: str) -> Any:
+        def score(arch: Any, seed: int = cfg.seed) -> float:
+            from .zero_cost import score_arch
+
+            return score_arch(arch, data, name, seed=seed, batch_size=min(cfg.batch_size, data.num_train),
+                              device=tcfg.device if tcfg.device != "auto" else "cpu")
+        return score
+
+    if cfg.proxy.startswith("zc:"):
+        train = _scored(zero_cost(cfg.proxy[3:]))
+    score = zero_cost(cfg.prescreen_proxy) if cfg.prescreen else None
+
     ranks = Ranks.join(cfg.device)
     if not ranks.leader:
         return ranks.follow(train)
     interrupted = True  # until the search returns: the other ranks may be gone
     try:
-        code = _search(cfg, space, seeds, ranks.lead(train), ranks.world_size, dataclasses.asdict(tcfg))
+        code = _search(cfg, space, seeds, ranks.lead(train), ranks.world_size, dataclasses.asdict(tcfg), score)
         interrupted = code == 130
         return code
     finally:
@@ -242,7 +268,54 @@ def run(cfg: SearchConfig) -> int:
             ranks.close()
 
 
-def _search(cfg: SearchConfig, space: Any, seeds: list, train: Any, world_size: int, trainer: dict) -> int:
+def _scored(score: Any) -> Any:
+    """``train(arch, trial, seed)`` that returns a zero-cost score as the accuracy (``--proxy zc:NAME``)."""
+    def train(arch: Any, trial: Any, seed: int) -> Any:
+        import math
+        import time
+
+        from .train import TrainingDiverged, TrainResult
+
+        t0 = time.perf_counter()
+        value = score(arch, seed)
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"zero-cost score is {value}")
+        return TrainResult(accuracy=value, top5=None, loss=math.nan, epochs=0.0, images=0,
+                           seconds=time.perf_counter() - t0)
+    return train
+
+
+def _latency(cfg: SearchConfig) -> Any:
+    """The estimated latency (seconds) of an architecture, from the cached per-layer table."""
+    from .latency import LatencyTable
+
+    path = Path(cfg.latency_table) if cfg.latency_table else cfg.out_dir / "latency_table.json"
+    device = cfg.device if cfg.device != "auto" else "cpu"
+    table = LatencyTable(path, resolution=cfg.resolution, device=device)
+    return table.estimate
+
+
+def _prescreen(cfg: SearchConfig, study: Any, space: Any, objective: Any, score: Any, lock: Any) -> None:
+    """Queue the best k of K zero-cost-scored architectures once per study (the worker in slot 0 does it)."""
+    from . import controller as ctl
+
+    if "prescreen" in study.user_attrs:
+        return
+    many, keep = cfg.prescreen_counts
+    log.info("pre-screening %d architectures with %s; the best %d train first", many, cfg.prescreen_proxy, keep)
+    best = ctl.prescreen(space, cfg, score, lambda a: objective.out_of_band(objective.cost_of(a)) is None)
+    with lock:
+        if "prescreen" in study.user_attrs:
+            return
+        for rank, (value, arch) in enumerate(best):
+            study.enqueue_trial(space.encode(arch), user_attrs={"prescreen_rank": rank, "prescreen_score": value},
+                                skip_if_exists=True)
+        study.set_user_attr("prescreen", {"proxy": cfg.prescreen_proxy, "sampled": many, "queued": len(best),
+                                          "scores": [round(v, 4) for v, _ in best]})
+
+
+def _search(cfg: SearchConfig, space: Any, seeds: list, train: Any, world_size: int, trainer: dict,
+            score: Any = None) -> int:
     """Rank 0's part: the study, the trials, the outputs."""
     from . import controller as ctl
     from . import report
@@ -268,7 +341,10 @@ def _search(cfg: SearchConfig, space: Any, seeds: list, train: Any, world_size: 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     with lock:  # workers starting together queue each seed architecture once
         ctl.enqueue_seeds(study, space, seeds)
-    objective = ctl.Objective(cfg, space, train, multi_objective=cfg.sampler == "nsga2", lock=lock)
+    objective = ctl.Objective(cfg, space, train, latency=_latency(cfg) if cfg.cost == "latency" else None,
+                              multi_objective=cfg.sampler == "nsga2", lock=lock)
+    if score is not None and slot[0] == 0:
+        _prescreen(cfg, study, space, objective, score, lock)
     stop = ctl.StopAtTrials(cfg.trials, max_attempts=20 * cfg.trials + 100)
     start = sum(ctl.counted(t) for t in study.get_trials(deepcopy=False))
     interrupted = False

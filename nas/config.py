@@ -13,9 +13,12 @@ from typing import Any
 
 import yaml
 
-SAMPLERS = ("tpe", "random", "nsga2", "gp")
+SAMPLERS = ("tpe", "random", "nsga2", "gp", "rl")
 PRUNERS = ("hyperband", "median", "none")
 REWARDS = ("soft", "hard")
+ZC_NAMES = ("synflow", "naswot", "grad_norm", "snip")  # nas.zero_cost.ZC_PROXIES (a test keeps them equal)
+PROXIES = ("train", *(f"zc:{n}" for n in ZC_NAMES))
+COSTS = ("macs", "latency")
 
 
 class ConfigError(ValueError):
@@ -49,7 +52,13 @@ class SearchConfig:
     reward: str = "soft"  # soft: ACC*(MACs/T)^w ; hard: w=0 at or under T, -1 over
     flops_band: float = 4.0  # reject untrained when MACs > T*band or < T/band
     resolution: int = 224  # deployment resolution at which MACs are counted
+    cost: str = "macs"  # or "latency": measured on this device, estimated from a per-layer table
+    target_latency: str | float | None = None  # seconds, or "15ms"; required with cost latency
+    latency_table: str | None = None  # cache file of the per-layer table [in --out]
     # proxy task
+    proxy: str = "train"  # or "zc:NAME": a zero-cost score at initialization stands in for accuracy
+    prescreen: str | None = None  # "K:k": score K sampled architectures, queue the best k to train first
+    prescreen_proxy: str = "synflow"
     dataset: str = "digits"
     data_dir: str | None = None
     proxy_resolution: int = 32
@@ -82,7 +91,21 @@ class SearchConfig:
             object.__setattr__(self, "seed_arch", tuple(s for s in self.seed_arch.split(",") if s))
         else:
             object.__setattr__(self, "seed_arch", tuple(self.seed_arch))
+        if self.target_latency is not None:
+            from .latency import parse_latency
+
+            try:
+                object.__setattr__(self, "target_latency", parse_latency(self.target_latency))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         checks = (
+            ("cost", self.cost in COSTS, f"one of {COSTS}"),
+            ("target_latency", self.cost != "latency" or self.target_latency is not None,
+             "given with --cost latency (e.g. 15ms)"),
+            ("proxy", self.proxy in PROXIES, f"one of {', '.join(PROXIES)}"),
+            ("prescreen_proxy", self.prescreen_proxy in ZC_NAMES, f"one of {', '.join(ZC_NAMES)}"),
+            ("prescreen", self.prescreen is None or self.prescreen_counts is not None,
+             "K:k with whole numbers K >= k >= 1 (score K architectures, train the best k first), e.g. 200:20"),
             ("reward", self.reward in REWARDS, f"one of {REWARDS}"),
             ("sampler", self.sampler in SAMPLERS, f"one of {SAMPLERS}"),
             ("pruner", self.pruner in PRUNERS, f"one of {PRUNERS}"),
@@ -104,6 +127,19 @@ class SearchConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+    @property
+    def prescreen_counts(self) -> tuple[int, int] | None:
+        """``(K, k)`` of ``--prescreen K:k``; None when unset or malformed."""
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(self.prescreen or ""))
+        if not m or not int(m.group(1)) >= int(m.group(2)) >= 1:
+            return None
+        return int(m.group(1)), int(m.group(2))
+
+    @property
+    def target(self) -> float:
+        """T of the reward: MACs, or seconds with ``--cost latency``."""
+        return self.target_latency if self.cost == "latency" else self.target_flops
 
 
 def read_config_file(path: str | Path, known: set[str]) -> dict[str, Any]:

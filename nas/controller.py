@@ -39,7 +39,11 @@ def make_sampler(name: str, seed: int | None, n_startup: int = 10) -> optuna.sam
             return optuna.samplers.NSGAIISampler(seed=seed)
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
-    raise ConfigError(f"--sampler must be one of tpe, random, nsga2, gp, but got {name!r}")
+        if name == "rl":
+            from .rl_sampler import RLSampler
+
+            return RLSampler(seed=seed)
+    raise ConfigError(f"--sampler must be one of tpe, random, nsga2, gp, rl, but got {name!r}")
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -80,8 +84,13 @@ def study_directions(cfg: SearchConfig) -> list[str]:
 
 def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
     """What a resumed ``nas-search`` study must agree on."""
-    return {"space_digest": space.digest(), "target_flops": cfg.target_flops, "resolution": cfg.resolution,
-            "reward": cfg.reward, "reward_exponent": cfg.reward_exponent, "dataset": cfg.dataset}
+    settings = {"space_digest": space.digest(), "target_flops": cfg.target_flops, "resolution": cfg.resolution,
+                "reward": cfg.reward, "reward_exponent": cfg.reward_exponent, "dataset": cfg.dataset}
+    if cfg.proxy != "train":  # absent from studies made before these options: such a study resumes
+        settings["proxy"] = cfg.proxy
+    if cfg.cost != "macs":
+        settings.update(cost=cfg.cost, target_latency=cfg.target_latency)
+    return settings
 
 
 def open_study(name: str, storage: Any, directions: list[str], settings: dict[str, Any],
@@ -119,6 +128,26 @@ def enqueue_seeds(study: optuna.Study, space: SearchSpace, archs: list[ArchSpec]
     """Queue known networks as the first trials (skipped if the study already has them)."""
     for arch in archs:
         study.enqueue_trial(space.encode(arch), user_attrs={"seed_arch": arch.name}, skip_if_exists=True)
+
+
+def prescreen(space: SearchSpace, cfg: SearchConfig, score: Callable[[ArchSpec], float],
+              in_band: Callable[[ArchSpec], bool]) -> list[tuple[float, ArchSpec]]:
+    """``--prescreen K:k``: the best k of K distinct random architectures in the cost band, by ``score``.
+
+    The sample is seeded by ``cfg.seed`` alone, so every worker would draw the same one.
+    """
+    many, keep = cfg.prescreen_counts
+    draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    archs: dict[str, ArchSpec] = {}
+    for _ in range(200 * many):
+        arch = space.sample(draw.ask())
+        if arch.to_str() not in archs and in_band(arch):
+            archs[arch.to_str()] = arch
+            if len(archs) == many:
+                break
+    scored = [(score(a), a) for a in archs.values()]
+    scored = [(s, a) for s, a in scored if math.isfinite(s)]
+    return sorted(scored, key=lambda sa: -sa[0])[:keep]
 
 
 def counted(t: FrozenTrial) -> bool:
@@ -175,6 +204,7 @@ class Objective:
     cfg: SearchConfig
     space: SearchSpace
     train: Callable[[ArchSpec, optuna.Trial | None, int], Any]  # (arch, trial, seed) -> TrainResult
+    latency: Callable[[ArchSpec], float] | None = None  # seconds; the cost with ``--cost latency``
     multi_objective: bool = False
     lock: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
     worker: str = field(default_factory=worker_label)
@@ -186,9 +216,11 @@ class Objective:
         cost = count_cost(arch, cfg.resolution)
         for k, v in (("arch", key), ("macs", cost.macs), ("params", cost.params), ("worker", self.worker)):
             trial.set_user_attr(k, v)
-        low, high = cfg.target_flops / cfg.flops_band, cfg.target_flops * cfg.flops_band
-        if not low <= cost.macs <= high:
-            reason = f"rejected untrained: {cost.macs / 1e6:.1f}M MACs outside [{low / 1e6:.1f}M, {high / 1e6:.1f}M]"
+        value = self.cost_of(arch, cost.macs)
+        if cfg.cost == "latency":
+            trial.set_user_attr("latency_ms", value * 1e3)
+        reason = self.out_of_band(value)
+        if reason:
             trial.set_user_attr("reason", reason)
             raise optuna.TrialPruned(reason)
         reused = self._claim(trial, key)
@@ -201,12 +233,28 @@ class Objective:
             if "reason" not in trial.user_attrs:
                 trial.set_user_attr("reason", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
             raise
-        r = reward(result.accuracy, cost.macs, cfg.target_flops, cfg.reward_exponent, cfg.reward)
+        r = reward(result.accuracy, value, cfg.target, cfg.reward_exponent, cfg.reward)
         for k, v in (("accuracy", result.accuracy), ("top5", result.top5), ("loss", result.loss),
                      ("reward", r), ("seconds", result.seconds), ("epochs", result.epochs),
                      ("images", result.images)):
             trial.set_user_attr(k, v)
-        return (result.accuracy, float(cost.macs)) if self.multi_objective else r
+        return (result.accuracy, float(value)) if self.multi_objective else r
+
+    def cost_of(self, arch: ArchSpec, macs: int | None = None) -> float:
+        """The reward's cost: MACs at ``--resolution``, or estimated latency in seconds."""
+        if self.cfg.cost == "latency":
+            return self.latency(arch)
+        return count_cost(arch, self.cfg.resolution).macs if macs is None else macs
+
+    def out_of_band(self, value: float) -> str | None:
+        """Why a cost outside ``[T / band, T * band]`` is rejected untrained; None inside."""
+        cfg = self.cfg
+        low, high = cfg.target / cfg.flops_band, cfg.target * cfg.flops_band
+        if low <= value <= high:
+            return None
+        if cfg.cost == "latency":
+            return f"rejected untrained: {value * 1e3:.2f} ms outside [{low * 1e3:.2f} ms, {high * 1e3:.2f} ms]"
+        return f"rejected untrained: {value / 1e6:.1f}M MACs outside [{low / 1e6:.1f}M, {high / 1e6:.1f}M]"
 
     def _claim(self, trial: optuna.Trial, key: str) -> float | tuple[float, ...] | None:
         """Under the study lock: an earlier result of the same architecture, or prune, or claim it.

@@ -215,7 +215,6 @@ class Network(nn.Module):
         self.dropout = nn.Dropout(DROPOUT) if DROPOUT > 0 else nn.Identity()
         self.num_features = HEAD_CHANNELS or last
         self.classifier = nn.Linear(self.num_features, num_classes)
-        _init_weights(self)
         if TF_PADDING:
             use_tf_padding(self)
 
@@ -232,7 +231,7 @@ class Network(nn.Module):
 
 
 def build_model(num_classes: int = {num_classes}, in_chans: int = {in_chans}) -> Network:
-    """The network with freshly initialised weights; load a state dict to use trained ones."""
+    """The network with PyTorch's default initialisation; load a state dict to use trained weights."""
     return Network(num_classes, in_chans)
 '''
 
@@ -294,7 +293,6 @@ def python_source(model: Network, module_name: str = "model") -> str:
         parts += ["# --- TensorFlow 'SAME' padding (effnas search_spaces/weights.py) ---\n",
                   inspect.getsource(weights.Conv2dSameTF), inspect.getsource(weights.use_tf_padding)]
     parts += [
-        inspect.getsource(builder._init_weights),
         _ARCH_TEMPLATE.format(stem=r.stem_channels, head=r.head_channels, act=arch.act, bn_momentum=arch.bn_momentum,
                               bn_eps=model.stem[1].eps, dropout=arch.dropout, tf_padding=tf_padding,
                               rows="\n".join(f"    {_layer_row(l)!r}," for l in r.layers)),

@@ -1,6 +1,8 @@
 """The built models against the reference networks: parameter counts, B0's structure, formats."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -282,3 +284,25 @@ def test_torch_compile_tiny() -> None:
         out = compiled(x)
         ref = model(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["pytorch", "fan_out"])
+def test_initialisation_schemes(init: str) -> None:
+    """pytorch: each layer's own default, U(±1/sqrt(fan_in)) (efficientnet_pytorch's); fan_out: torchvision's
+    kaiming-normal fan-out, std sqrt(2 / fan_out), with the classifier at U(±1/sqrt(in_features))."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("efficientnet-b0"), num_classes=10, init=init)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 4096]
+    for conv in convs:
+        w = conv.weight.detach()
+        fan_in = w[0].numel()
+        fan_out = w.shape[0] * w[0, 0].numel()
+        if init == "pytorch":
+            assert w.abs().max() <= 1 / math.sqrt(fan_in) + 1e-7
+            assert w.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.1)
+        else:
+            assert w.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)
+    bound = 1 / math.sqrt(model.classifier.in_features)
+    assert model.classifier.weight.abs().max() <= bound + 1e-7
+    with pytest.raises(ValueError, match="init must be one of"):
+        build_model(get_preset("efficientnet-b0"), init="xavier")
