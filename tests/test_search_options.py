@@ -2,6 +2,8 @@
 the cost, and the policy-gradient controller; each end to end on digits with a journal-file study."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -88,3 +90,29 @@ def test_bad_options_exit_2_and_touch_nothing(argv, needle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert snapshot(out) == before
+
+
+def test_latency_as_the_cost(tmp_path):
+    out = tmp_path / "lat"
+    argv = [*SMALL, "--trials", "3", "--cost", "latency", "--target-latency", "2ms", "--flops-band", "1000",
+            "--resolution", "64", "--out", str(out)]
+    assert main(argv) == 0
+    study = load(out)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and study.user_attrs["cost"] == "latency"
+    for t in done:
+        seconds = t.user_attrs["latency_ms"] / 1e3
+        assert t.value == pytest.approx(reward(t.user_attrs["accuracy"], seconds, 2e-3), rel=1e-9)
+    table = out / "latency_table.json"
+    assert table.is_file()
+    code = main([*argv[:-2], "--target-latency", "4ms", "--out", str(out)])
+    assert code == 2  # a study made for 2 ms is not resumed for 4 ms
+
+
+def test_policy_gradient_controller(tmp_path):
+    out = tmp_path / "rl"
+    assert main([*SMALL, "--trials", "4", "--sampler", "rl", "--out", str(out)]) == 0
+    study = load(out)
+    assert sum(counted(t) for t in study.trials) == 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["sampler"] == "rl" and (out / "best.yaml").is_file()
