@@ -248,7 +248,7 @@ def run(cfg: SearchConfig) -> int:
             from .zero_cost import score_arch
 
             return score_arch(arch, data, name, seed=seed, batch_size=min(cfg.batch_size, data.num_train),
-                              device=tcfg.device if tcfg.device != "auto" else "cpu")
+                              device=_device(cfg))
         return score
 
     if cfg.proxy.startswith("zc:"):
@@ -285,13 +285,21 @@ def _scored(score: Any) -> Any:
     return train
 
 
+def _device(cfg: SearchConfig) -> str:
+    """``--device``, with ``auto`` resolved: this process's GPU where there is one, else the CPU."""
+    import torch
+
+    if cfg.device != "auto":
+        return cfg.device
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
 def _latency(cfg: SearchConfig) -> Any:
     """The estimated latency (seconds) of an architecture, from the cached per-layer table."""
     from .latency import LatencyTable
 
     path = Path(cfg.latency_table) if cfg.latency_table else cfg.out_dir / "latency_table.json"
-    device = cfg.device if cfg.device != "auto" else "cpu"
-    table = LatencyTable(path, resolution=cfg.resolution, device=device)
+    table = LatencyTable(path, resolution=cfg.resolution, device=_device(cfg))
     return table.estimate
 
 
