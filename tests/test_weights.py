@@ -55,13 +55,15 @@ def test_efficientnet_pytorch_outputs_equal(b: int, resolution: int, image_size:
 
 
 @needs_efficientnet_pytorch
-def test_efficientnet_pytorch_float32_outputs_identical_with_plain_swish() -> None:
+def test_efficientnet_pytorch_float32_outputs_agree_to_rounding() -> None:
+    """In float32 the outputs differ by rounding only (SE runs as matrix products here, 1x1 convs there)."""
     source = randomize_(EfficientNet.from_name("efficientnet-b0", image_size=64), 0, 64)
     source.set_swish(memory_efficient=False)  # x * sigmoid(x), efficientnet_pytorch's export setting
     ours = pretrained_model(get_preset("efficientnet-b0"), source.state_dict()).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(ours(x), source(x))
+        expected = source(x)
+        assert (ours(x) - expected).abs().max() <= 2e-5 * expected.abs().max()
 
 
 @needs_efficientnet_pytorch
