@@ -17,6 +17,6 @@ if ! $py -c "import torch" 2>/dev/null; then
 fi
 # torchvision (the release made for the installed torch, so pip never swaps torch for another build) and
 # timm: the tests import their EfficientNet models to check checkpoint import against the real thing.
-tv=$($py -c "import torch; print('0.%d.*' % (int(torch.__version__.split('.')[1]) + 15))")
+tv=$($py -c "from importlib.metadata import version; print('0.%d.*' % (int(version('torch').split('.')[1]) + 15))")
 $py -m pip install -q "torchvision==$tv" "timm>=1.0"
 $py -m pip install -q -e ".[test,bench]"
