@@ -126,6 +126,26 @@ def test_threads_are_used_and_restored(digits) -> None:
     assert set(seen) == {2} and torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("flush", [True, False])
+@pytest.mark.parametrize("before", [False, True])
+def test_denormals_are_flushed_while_training_and_the_setting_restored(digits, flush: bool, before: bool) -> None:
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(float(torch.tensor([1e-39]) * 1.0) == 0.0)  # a denormal times 1 -> 0 when flushing
+            return x
+
+    torch.set_flush_denormal(before)
+    try:
+        train_proxy(nn.Sequential(Probe(), small_cnn()), digits,
+                    dataclasses.replace(FAST, max_images=128, flush_denormal=flush))
+        assert set(seen) == {flush or before}
+        assert (float(torch.tensor([1e-39]) * 1.0) == 0.0) == before
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_top5_is_none_with_five_classes_or_fewer() -> None:
     data = load_data(DataConfig("synthetic", resolution=12))
     tiny = dataclasses.replace(FAST, epochs=1, max_images=256)
