@@ -17,9 +17,7 @@ A run holds a lock on the file, so a second run on the same ``--out`` is refused
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -35,19 +33,18 @@ import numpy as np
 
 from .cli import _Parser, add_proxy_arguments, data_config, glue_negative_values, train_config
 from .config import ConfigError, SearchConfig, make_config, parse_count
-from .rankstats import bootstrap_ci, kendall_tau, spearman_rho
+from .fidelity import MACS_RESOLUTION, analyse, plot_scatter, report_table, write_results_csv, write_summary
 
 log = logging.getLogger("nas-proxy-check")
 PROG = "nas-proxy-check"
 DEFAULT_PROXIES = "train:1,zc:synflow,zc:naswot,zc:grad_norm,zc:snip"
-MACS_RESOLUTION = 224  # MACs are counted at the deployment resolution, as nas-search does
 CACHE_NAME = "scores.jsonl"
 CACHE_FORMAT = 1
 ZC_BATCHES = 1  # a zero-cost score is taken on one batch of --batch-size training images, as nas-search takes it
-BOOTSTRAP_SAMPLES, CI_LEVEL = 1000, 0.95
 MAX_DRAWS_PER_ARCH = 1000  # sampling gives up after this many draws per wanted architecture
 # Trainer fields that say how a run executes, not what it computes: left out of the cache's settings.
-_RUNTIME_FIELDS = ("epochs", "seed", "device", "threads", "amp", "channels_last", "compile", "reports_per_epoch")
+_RUNTIME_FIELDS = ("epochs", "seed", "device", "threads", "amp", "channels_last", "compile", "reports_per_epoch",
+                   "flush_denormal")
 _FLAG_OF_SETTING = {"data.name": "--dataset", "data.data_dir": "--data-dir", "data.resolution": "--proxy-resolution",
                     "data.val_size": "--val-size", "data.train_size": "--train-size", "data.seed": "--seed",
                     "trainer.batch_size": "--batch-size", "trainer.lr": "--lr", "trainer.max_seconds": "--max-seconds"}
@@ -408,175 +405,6 @@ def compute_missing(items: Sequence[Item], cache: ScoreCache, data: Any, trainer
                  item.seed, item.arch.name, macs / 1e6, shown, record["seconds"],
                  fmt_seconds(time.perf_counter() - start))
     return len(todo)
-
-
-# -- analysis ------------------------------------------------------------------------------------------------------
-def _rank_agreement(x: np.ndarray, y: np.ndarray, tau: Any, rho: Any) -> dict[str, Any]:
-    """``tau(x, y)`` and ``rho(x, y)`` with bootstrap CIs over the items (rows); NaN with fewer than 3."""
-    out: dict[str, Any] = {}
-    for name, stat in (("kendall_tau", tau), ("spearman_rho", rho)):
-        enough = len(x) >= 3
-        out[name] = stat(x, y) if enough else math.nan
-        out[f"{name}_ci"] = bootstrap_ci(x, y, stat, n=BOOTSTRAP_SAMPLES, level=CI_LEVEL) if enough \
-            else (math.nan, math.nan)
-    return out
-
-
-def fidelity(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Kendall tau and Spearman rho of ``x`` against ``y`` with bootstrap CIs, over the pairs both finite."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    return {"n": int(ok.sum()), **_rank_agreement(x[ok], y[ok], kendall_tau, spearman_rho)}
-
-
-def _over_seed_pairs(stat: Any) -> Any:
-    """``stat`` between every pair of columns of an archs x seeds matrix, averaged (the 2nd argument unused)."""
-    def mean(runs: np.ndarray, _: Any) -> float:
-        pairs = itertools.combinations(range(runs.shape[1]), 2)
-        return float(np.mean([stat(runs[:, a], runs[:, b]) for a, b in pairs]))
-    return mean
-
-
-def seed_agreement(runs: np.ndarray) -> dict[str, Any]:
-    """Agreement of the reference with itself across seeds (``runs``: archs x seeds, all finite rows).
-
-    Tau and rho are the means over every pair of seeds; ``mean_std`` is the standard deviation
-    (ddof 1) of an architecture's accuracy across seeds, averaged over architectures.
-    """
-    mean_std = float(np.mean(np.std(runs, axis=1, ddof=1))) if len(runs) else math.nan
-    return {"n": len(runs), "mean_std": mean_std,
-            **_rank_agreement(runs, runs, _over_seed_pairs(kendall_tau), _over_seed_pairs(spearman_rho))}
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """The scores of the current architectures and what they say about each proxy."""
-
-    archs: list
-    macs: list[int]
-    proxy_scores: dict[str, np.ndarray]  # method -> score per arch
-    reference_runs: np.ndarray  # archs x reference seeds
-    proxies: dict[str, dict[str, Any]]  # method -> fidelity(...) + seconds_per_arch
-    seed_to_seed: dict[str, Any] | None
-    reference_seconds: float
-
-    @property
-    def reference(self) -> np.ndarray:
-        return self.reference_runs.mean(axis=1)
-
-
-def analyse(cfg: CheckConfig, archs: Sequence[Any], cache: ScoreCache) -> Analysis:
-    from search_spaces import count_cost
-
-    def scores(method: str, seed: int) -> np.ndarray:
-        return np.array([cache.score((a.to_str(), method, seed)) for a in archs])
-
-    def seconds_per_arch(method: str, seeds: Sequence[int]) -> float:
-        return float(np.mean([cache.records[(a.to_str(), method, s)]["seconds"] for a in archs for s in seeds]))
-
-    runs = np.stack([scores(cfg.reference_method, s) for s in cfg.reference_seed_values], axis=1)
-    reference = runs.mean(axis=1)
-    proxy_scores = {m: scores(m, cfg.seed) for m in cfg.proxies}
-    proxies = {m: {**fidelity(x, reference), "seconds_per_arch": seconds_per_arch(m, [cfg.seed])}
-               for m, x in proxy_scores.items()}
-    finite_rows = runs[np.isfinite(runs).all(axis=1)]
-    seeds = seed_agreement(finite_rows) if runs.shape[1] >= 2 else None
-    return Analysis(list(archs), [count_cost(a, MACS_RESOLUTION).macs for a in archs], proxy_scores, runs, proxies,
-                    seeds, seconds_per_arch(cfg.reference_method, cfg.reference_seed_values))
-
-
-# -- outputs -------------------------------------------------------------------------------------------------------
-def _with_ci(d: dict[str, Any], name: str) -> str:
-    lo, hi = d[f"{name}_ci"]
-    return f"{d[name]:6.3f} [{lo:6.3f}, {hi:6.3f}]"
-
-
-def report_table(cfg: CheckConfig, a: Analysis) -> str:
-    """The fidelity table: one row per proxy, then the reference's seed-to-seed agreement."""
-    lines = [f"{len(a.archs)} architectures ({min(a.macs) / 1e6:.0f}M..{max(a.macs) / 1e6:.0f}M MACs at "
-             f"{MACS_RESOLUTION} px); reference {cfg.reference_method} x {cfg.reference_seeds} seed(s), "
-             f"{a.reference_seconds:.1f} s per run; {cfg.task.dataset} at {cfg.task.proxy_resolution} px",
-             f"{'proxy':<14} {'n':>3}  {'Kendall tau [95% CI]':<26} {'Spearman rho [95% CI]':<26} {'s/arch':>7}"]
-    for method, d in a.proxies.items():
-        lines.append(f"{method:<14} {d['n']:>3}  {_with_ci(d, 'kendall_tau'):<26} "
-                     f"{_with_ci(d, 'spearman_rho'):<26} {d['seconds_per_arch']:7.2f}")
-    if a.seed_to_seed is not None:
-        d = a.seed_to_seed
-        lines.append(f"{'seed-to-seed':<14} {d['n']:>3}  {_with_ci(d, 'kendall_tau'):<26} "
-                     f"{_with_ci(d, 'spearman_rho'):<26}  (mean std of accuracy across seeds {d['mean_std']:.4f})")
-    return "\n".join(lines)
-
-
-def write_results_csv(cfg: CheckConfig, a: Analysis, path: Path) -> None:
-    """One row per architecture: name, arch string, MACs, each proxy's score, the reference per seed and mean."""
-    seeds = [f"reference_seed{s}" for s in cfg.reference_seed_values]
-    columns = ["name", "arch", "macs", *a.proxy_scores, *seeds, "reference_mean"]
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for i, arch in enumerate(a.archs):
-            values = [a.proxy_scores[m][i] for m in a.proxy_scores] + [*a.reference_runs[i], a.reference[i]]
-            w.writerow([arch.name, arch.to_str(), a.macs[i], *("" if math.isnan(v) else repr(float(v))
-                                                              for v in values)])
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: tuples as lists, NaN/inf as null."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_summary(cfg: CheckConfig, a: Analysis, computed: int, items: int, path: Path) -> None:
-    summary = {
-        "config": cfg.public(),
-        "archs": len(a.archs),
-        "reference": {"method": cfg.reference_method, "seeds": list(cfg.reference_seed_values),
-                      "seconds_per_run": a.reference_seconds},
-        "proxies": a.proxies,
-        "seed_to_seed": a.seed_to_seed,
-        "bootstrap": {"samples": BOOTSTRAP_SAMPLES, "level": CI_LEVEL},
-        "scores": {"needed": items, "computed_this_run": computed, "reused": items - computed},
-    }
-    path.write_text(json.dumps(_plain(summary), indent=2) + "\n")
-
-
-def plot_scatter(cfg: CheckConfig, a: Analysis, path: Path) -> bool:
-    """One panel per proxy (score vs reference mean, tau in the title), then seed vs seed of the reference."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    panels = [(m, a.proxy_scores[m], a.reference, f"{m}  τ = {a.proxies[m]['kendall_tau']:.2f}",
-               f"{m} score", f"reference ({cfg.reference_method}, mean)") for m in a.proxy_scores]
-    if a.seed_to_seed is not None:
-        s1, s2 = cfg.reference_seed_values[:2]
-        panels.append(("seeds", a.reference_runs[:, 0], a.reference_runs[:, 1],
-                       f"seed-to-seed  τ = {a.seed_to_seed['kendall_tau']:.2f}",
-                       f"{cfg.reference_method} seed {s1}", f"{cfg.reference_method} seed {s2}"))
-    columns = min(3, len(panels))
-    rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
-    is_b0 = np.array([arch.name == "efficientnet-b0" for arch in a.archs])
-    for ax, (_, x, y, title, xlabel, ylabel) in zip(axes.flat, panels):
-        ax.scatter(x[~is_b0], y[~is_b0], s=16, alpha=0.7)
-        if is_b0.any():
-            ax.scatter(x[is_b0], y[is_b0], marker="*", s=90, color="r", label="EfficientNet-B0")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel(xlabel, fontsize=9)
-        ax.set_ylabel(ylabel, fontsize=9)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 # -- the command ---------------------------------------------------------------------------------------------------

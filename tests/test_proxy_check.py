@@ -82,7 +82,7 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_more_pairs():
 
 
 def test_fidelity_drops_non_finite_pairs_and_seed_agreement_averages_seed_pairs():
-    from nas.proxy_check import fidelity, seed_agreement
+    from nas.fidelity import fidelity, seed_agreement
 
     f = fidelity(np.array([1, 2, np.nan, 4.0]), np.array([1, 3, 2, 4.0]))
     assert f["n"] == 3 and f["kendall_tau"] == 1.0 and f["spearman_rho"] == 1.0
