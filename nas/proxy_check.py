@@ -408,20 +408,6 @@ def compute_missing(items: Sequence[Item], cache: ScoreCache, data: Any, trainer
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Torch CPU threads set to ``threads`` (when given) for the block, restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device without CUDA is an error."""
     import torch
@@ -438,6 +424,7 @@ def run(cfg: CheckConfig) -> int:
     from search_spaces import default_space
 
     from .data import load_data
+    from .train import torch_threads
 
     out = cfg.out_dir
     if out.exists() and not out.is_dir():

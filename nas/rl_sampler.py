@@ -16,7 +16,6 @@ bonus and the normalized, bounded advantage keep in check).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -31,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+
+from .train import torch_threads
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 REJECTED = "rejected untrained"  # the prefix of the ``reason`` of a trial rejected before training
@@ -216,7 +217,8 @@ class RLSampler(optuna.samplers.BaseSampler):
 
     Non-categorical parameters are drawn by a seeded ``RandomSampler`` and are not part of the
     policy. Deterministic for a given ``seed`` in one process; torch's global RNG is never used.
-    A few milliseconds a trial (42 parameters, 2 CPU cores), on one torch thread (``_one_thread``).
+    A few milliseconds a trial (42 parameters, 2 CPU cores), on one torch thread: MKL and oneDNN
+    split even a 42 x 32 matmul across threads, and on a busy machine each such op waits for a core.
 
     Args:
         seed: Seed of the initial weights and of the sampling; ``None``: from the OS.
@@ -264,7 +266,7 @@ class RLSampler(optuna.samplers.BaseSampler):
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
         # The storage, not study.get_trials: with Hyperband, ``study`` sees one bracket only.
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_FINISHED)
-        with self._lock, _one_thread():
+        with self._lock, torch_threads(1):
             for t in sorted((t for t in trials if t.number not in self._learned), key=lambda t: t.number):
                 self._learned.add(t.number)
                 self._take(t, sign)
@@ -275,7 +277,7 @@ class RLSampler(optuna.samplers.BaseSampler):
         if not isinstance(param_distribution, CategoricalDistribution):
             return self._random.sample_independent(study, trial, param_name, param_distribution)
         _check_single_objective(study)
-        with self._lock, _one_thread():
+        with self._lock, torch_threads(1):
             state = self._open.pop(trial._trial_id, None) or self._controller.begin()
             self._open[trial._trial_id] = state
             while len(self._open) > _MAX_OPEN:
@@ -346,19 +348,6 @@ def _penalized(trial: FrozenTrial) -> bool:
         and str(trial.user_attrs.get("reason", "")).startswith(REJECTED))
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Torch on one thread while the sampler works, then the caller's setting again.
-
-    MKL and oneDNN split even a 42 x 32 matmul across threads: on a busy machine each such op
-    waits milliseconds for a core, and a trial's update takes tens of them.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _check_single_objective(study: optuna.Study) -> None:

@@ -9,6 +9,7 @@ the pruner says so. Under ``torchrun`` it trains data-parallel (see ``nas.distri
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -216,23 +217,32 @@ def train_proxy(model: nn.Module, data: ProxyData, config: TrainConfig, trial: A
     device = _resolve_device(config.device, info)
     if config.amp == "fp16" and device.type != "cuda":
         raise ValueError("TrainConfig.amp='fp16' needs a CUDA device, but got device 'cpu' (use 'bf16')")
-    threads_before, flushing_before = torch.get_num_threads(), _flushing_denormals()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    flushing_before = _flushing_denormals()
     if config.flush_denormal:
         torch.set_flush_denormal(True)
     rng_devices = [device.index] if device.type == "cuda" else []
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     try:
-        with torch.random.fork_rng(devices=rng_devices, device_type=device.type):
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        with torch_threads(config.threads), torch.random.fork_rng(devices=rng_devices, device_type=device.type):
             torch.manual_seed(config.seed)
             reporting = broadcast_flag(trial is not None, info, device)
             plan = _make_plan(data, config, info, device, reporting)
             return _Run(model, data, config, trial, device, info, plan, start).run()
     finally:
-        torch.set_num_threads(threads_before)
         torch.set_flush_denormal(flushing_before)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch CPU threads set to ``threads`` (when given) for the block, the caller's setting after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _flushing_denormals() -> bool:
