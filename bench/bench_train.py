@@ -1,7 +1,8 @@
 """Training throughput of EfficientNet-B0 at the proxy settings, project vs reference, one run.
 
 project   = our B0 (``search_spaces.build_model``) trained by ``nas.train.train_proxy``:
-            in-memory uint8 batches normalized on the fly, channels_last, fused SGD-Nesterov, denormals
+            in-memory uint8 batches normalized on the fly, channels_last, small-map convolution shortcuts
+            (search_spaces.blocks.Conv2d), fused SGD-Nesterov, denormals
             flushed to zero while training (a trainer setting; the reference loop runs without it).
 reference = ``efficientnet_pytorch`` B0 trained by a plain PyTorch loop: a DataLoader over a
             TensorDataset of float NCHW images, SGD-Nesterov, same batch size, resolution, data.

@@ -21,7 +21,53 @@ _ACT_LAYERS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish":
 
 
 def make_act(name: str) -> nn.Module:
-    return _ACT_LAYERS[name](inplace=True)
+    # In place only where the backward pass needs just the output (ReLU's): autograd would copy
+    # the input of an in-place SiLU or hard-swish to keep it (~2 % of a B0 training step).
+    return _ACT_LAYERS[name](inplace=name in ("relu", "relu6"))
+
+
+def _taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int]:
+    """(first, last, padding) of the kernel taps that meet the input along one axis of ``size``.
+
+    The other taps only ever read zero padding. The crop is used only where it keeps the output
+    size with symmetric padding; otherwise all taps are kept.
+    """
+    out = (size + 2 * padding - kernel) // stride + 1
+    first, last = max(0, padding - (out - 1) * stride), min(kernel - 1, padding + size - 1)
+    pad = padding - first
+    if (size + 2 * pad - (last - first + 1)) // stride + 1 != out:
+        return 0, kernel - 1, padding
+    return first, last, pad
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that, in training mode, skips the kernel taps that only ever read padding.
+
+    At a 32 px proxy resolution the last stages of an EfficientNet run on 2x2 and 1x1 maps, where
+    a 5x5 'same' conv reads 16 or 24 of its 25 taps from zero padding, and oneDNN's kernels
+    for such maps are slow. Cropping the kernel to the taps that meet the input gives the same
+    output (to float rounding) and the same gradients (zero for the skipped taps, as before).
+    On maps of up to 4 pixels, a 1x1 conv then runs as a matrix product and a depthwise conv
+    with one output pixel as a weighted sum. B0 at 32 px trains 10-20 % faster on CPU. Eval mode
+    runs the plain convolution, so fvcore's trace, exported models and MACs see the full kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dilation != (1, 1) or isinstance(self.padding, str):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        (h0, h1, ph), (w0, w1, pw) = (_taps(*a) for a in zip((h, w), self.kernel_size, self.stride, self.padding))
+        weight = self.weight[:, :, h0:h1 + 1, w0:w1 + 1]
+        if h * w <= 4 and x.is_contiguous(memory_format=torch.channels_last):  # oneDNN is slowest here
+            if self.groups == 1 and weight.shape[-2:] == (1, 1) and (h * w == 1 or self.stride == (1, 1)):
+                out = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), weight.flatten(1), self.bias)  # NHWC rows
+                return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+            if self.groups == c == self.out_channels and weight.shape[-2:] == (h, w) and (ph, pw) == (0, 0):
+                out = (x * weight.reshape(1, c, h, w)).sum((2, 3), keepdim=True)  # one output pixel
+                return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+        if weight.shape[-2:] == self.weight.shape[-2:]:
+            return super().forward(x)
+        return F.conv2d(x, weight, self.bias, self.stride, (ph, pw), 1, self.groups)
 
 
 class ConvBNAct(nn.Sequential):
@@ -31,7 +77,7 @@ class ConvBNAct(nn.Sequential):
                  act: str | None = "silu", bn: partial | None = None) -> None:
         bn = bn or nn.BatchNorm2d
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False),
+            Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False),
             bn(out_ch),
             make_act(act) if act else nn.Identity(),
         )

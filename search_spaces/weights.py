@@ -80,7 +80,7 @@ def use_tf_padding(model: nn.Module) -> int:
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Conv2d and child.stride != (1, 1):
+            if isinstance(child, nn.Conv2d) and not isinstance(child, Conv2dSameTF) and child.stride != (1, 1):
                 conv = Conv2dSameTF(child.in_channels, child.out_channels, child.kernel_size, child.stride, 0,
                                     child.dilation, child.groups, child.bias is not None)
                 conv.weight, conv.bias = child.weight, child.bias
