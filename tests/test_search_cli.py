@@ -155,7 +155,7 @@ def test_nsga2_gives_a_pareto_front(tmp_path):
 
 def test_ctrl_c_keeps_the_study_and_resumes(tmp_path):
     out = tmp_path / "int"
-    cmd = [sys.executable, "-m", "nas.cli", *FAST, "--trials", "40", "--out", str(out)]
+    cmd = [sys.executable, "-m", "nas.cli", *FAST, "--trials", "1000", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until a trial has finished and another is running
