@@ -156,7 +156,10 @@ def test_nsga2_gives_a_pareto_front(tmp_path):
 def test_ctrl_c_keeps_the_study_and_resumes(tmp_path):
     out = tmp_path / "int"
     cmd = [sys.executable, "-m", "nas.cli", *FAST, "--trials", "1000", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as at a terminal, even where pytest runs as a shell's background job (which ignores
+    # SIGINT, and an ignored SIGINT is inherited: Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until a trial has finished and another is running
         time.sleep(0.5)
