@@ -59,7 +59,8 @@ class Conv2d(nn.Conv2d):
         (h0, h1, ph), (w0, w1, pw) = (_taps(*a) for a in zip((h, w), self.kernel_size, self.stride, self.padding))
         weight = self.weight[:, :, h0:h1 + 1, w0:w1 + 1]
         if h * w <= 4 and x.is_contiguous(memory_format=torch.channels_last):  # oneDNN is slowest here
-            if self.groups == 1 and weight.shape[-2:] == (1, 1) and (h * w == 1 or self.stride == (1, 1)):
+            if self.groups == 1 and weight.shape[-2:] == (1, 1) and (ph, pw) == (0, 0) \
+                    and (h * w == 1 or self.stride == (1, 1)):
                 out = F.linear(x.permute(0, 2, 3, 1).reshape(-1, c), weight.flatten(1), self.bias)  # NHWC rows
                 return out.view(n, h, w, -1).permute(0, 3, 1, 2)
             if self.groups == c == self.out_channels and weight.shape[-2:] == (h, w) and (ph, pw) == (0, 0):

@@ -66,6 +66,21 @@ def test_training_shortcut_equals_full_convolution(hw, kernel, stride, kind, bia
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+OTHER_PADDINGS = [(hw, kernel, padding)  # not 'same' padding: Conv2d is a drop-in nn.Conv2d
+                  for hw in ((1, 1), (2, 2), (1, 2)) for kernel, padding in ((1, 1), (3, 0), (3, 2), (5, 1))
+                  if kernel <= 2 * padding + min(hw)]
+
+
+@pytest.mark.parametrize("hw, kernel, padding", OTHER_PADDINGS)
+@pytest.mark.parametrize("groups", [1, 4])
+def test_other_paddings_equal_full_convolution(hw, kernel, padding, groups) -> None:
+    torch.manual_seed(0)
+    conv = Conv2d(4, 4, kernel, 1, padding, groups=groups).double()
+    x = torch.randn(3, 4, *hw, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for got, want in zip(_grads(conv.train(), x), _grads(conv.eval(), x)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_b0_training_step_equals_plain_convolutions() -> None:
     """B0 at 32 px runs its last stages on 2x2 and 1x1 maps, where every shortcut applies."""
     torch.manual_seed(0)
