@@ -106,15 +106,12 @@ def test_b0_training_step_equals_plain_convolutions() -> None:
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
-def test_eval_mode_is_the_plain_convolution() -> None:
+def test_eval_mode_is_the_plain_convolution(monkeypatch) -> None:
     """fvcore, export and latency see the full kernel: eval mode never takes the shortcut."""
     conv = Conv2d(4, 4, 5, 1, 2, groups=4, bias=False).eval()
     seen = []
-    handle = torch.nn.modules.conv.Conv2d._conv_forward
-    try:
-        torch.nn.modules.conv.Conv2d._conv_forward = lambda self, x, w, b: seen.append(w.shape) or handle(self, x, w, b)
-        conv(torch.randn(1, 4, 2, 2))
-        conv.train()(torch.randn(1, 4, 2, 2))
-    finally:
-        torch.nn.modules.conv.Conv2d._conv_forward = handle
+    plain = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, x, w, b: seen.append(w.shape) or plain(self, x, w, b))
+    conv(torch.randn(1, 4, 2, 2))
+    conv.train()(torch.randn(1, 4, 2, 2))
     assert seen == [torch.Size([4, 1, 5, 5])]  # the training call cropped to 3x3 and went through F.conv2d
