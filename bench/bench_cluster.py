@@ -4,7 +4,7 @@ Starts a throwaway PostgreSQL server on 127.0.0.1 (``tests/pg.py``; or pass ``--
 
 1. ``--workers`` (4) workers on one study of ``--trials`` (200) trials of a one-batch proxy
    (digits, 16 px, one batch of 64 images, 1 thread each): trials per minute, and
-   ``nas.workers.study_health``: lost, duplicated, left running, over budget;
+   ``nas.cluster.workers.study_health``: lost, duplicated, left running, over budget;
 2. the same proxy with 1 worker and with 2 workers (``--scaling-workers``; ``--scaling-trials``
    each, fresh studies): throughput, as a ratio of the 1-worker figure.
 
@@ -36,12 +36,12 @@ def run_workers(storage: str, study: str, trials: int, n_workers: int, out: Path
     """``n_workers`` nas-search processes on one study; the study's figures."""
     import optuna
 
-    from nas.workers import study_health
+    from nas.cluster.workers import study_health
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [*ONE_BATCH, "--trials", str(trials), "--storage", storage, "--study-name", study]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "nas.cli", *args, "--out", str(out / f"{study}-{i}")], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "nas.cli.search", *args, "--out", str(out / f"{study}-{i}")], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(n_workers)]
     errors = [p.communicate()[1] for p in procs]
     wall = time.perf_counter() - t0

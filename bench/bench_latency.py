@@ -1,6 +1,6 @@
 """Latency lookup table vs measured whole networks, on the same sampled architectures in one run.
 
-The table (``nas.latency.LatencyTable``) estimates a network's latency as the sum of its per-layer
+The table (``search_spaces.latency.LatencyTable``) estimates a network's latency as the sum of its per-layer
 entries, timed on this machine the first time they are needed. The reference is what a search
 without the table has to do for every candidate: build the network and time it (``measure_latency``:
 median of ``--repeats`` forward passes after 5 warm-up passes). Each network is measured twice, just
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from nas.latency import CALIBRATION_PRESETS, LatencyTable, measure_latency  # noqa: E402
+from search_spaces.latency import CALIBRATION_PRESETS, LatencyTable, measure_latency  # noqa: E402
 from search_spaces import ArchSpec, build_model, default_space  # noqa: E402
 
 

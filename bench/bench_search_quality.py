@@ -4,7 +4,7 @@ The objective is the EfficientNet reward ``ACC x (MACs/T)^-0.07`` over the real 
 with ACC a fixed surrogate of the architecture (it rises with log MACs, SE and larger
 kernels, and falls for regular-conv stages; no training). Prints the best reward after 50 and
 200 trials, mean (and min..max) over 5 seeds, per sampler, and TPE / random and RL / random
-(``rl``: ``nas.rl_sampler.RLSampler``, MnasNet's LSTM controller trained by REINFORCE).
+(``rl``: ``nas.search.rl_sampler.RLSampler``, MnasNet's LSTM controller trained by REINFORCE).
 
     python bench/bench_search_quality.py [--seeds 5] [--trials 200] [--samplers tpe,random,rl]
 """
@@ -16,9 +16,9 @@ import statistics
 
 import optuna
 
-from nas.controller import make_sampler
-from nas.reward import reward
-from nas.rl_sampler import RLSampler
+from nas.search.study import make_sampler
+from nas.search.reward import reward
+from nas.search.rl_sampler import RLSampler
 from search_spaces import ArchSpec, count_cost, default_space, get_preset
 
 TARGET = 400e6

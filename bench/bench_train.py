@@ -1,6 +1,6 @@
 """Training throughput of EfficientNet-B0 at the proxy settings, project vs reference, one run.
 
-project   = our B0 (``search_spaces.build_model``) trained by ``nas.train.train_proxy``:
+project   = our B0 (``search_spaces.build_model``) trained by ``nas.proxy.train.train_proxy``:
             in-memory uint8 batches normalized on the fly, channels_last, small-map convolution shortcuts
             (search_spaces.blocks.Conv2d), fused SGD-Nesterov, denormals
             flushed to zero while training (a trainer setting; the reference loop runs without it).
@@ -35,8 +35,8 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nas.data import DataConfig, load_data  # noqa: E402
-from nas.train import TrainConfig, train_proxy  # noqa: E402
+from nas.proxy.data import DataConfig, load_data  # noqa: E402
+from nas.proxy.train import TrainConfig, train_proxy  # noqa: E402
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -116,7 +116,7 @@ def quality(epochs_list: list[float], threads: int) -> None:
     """
     from efficientnet_pytorch import EfficientNet
 
-    from nas.evaluate import evaluate
+    from nas.proxy.evaluation import evaluate
 
     data = load_data(DataConfig("fashion-mnist", train_size=10_000, resolution=32))
     print(f"Fashion-MNIST proxy: {data.num_train} training / {data.num_val} held-out images, 32x32, "

@@ -23,12 +23,12 @@ from typing import Any, Sequence
 
 import yaml
 
-from nas.cli import add_proxy_arguments, add_study_arguments, data_config, train_config
+from nas.cli.search import add_proxy_arguments, add_study_arguments, data_config, train_config
 from nas.config import ConfigError, config_fields, make_config, mask_url, public_dict, read_config_file
 
-from .compound import Candidate, Coefficients, Grid, cost_candidates
-from .search import CandidateTrainer, Evaluate, SearchSettings, choose, run_search, study_settings
-from .variants import MODES, PHIS, Variant, make_family, variant_yaml
+from scaling.compound import Candidate, Coefficients, Grid, cost_candidates
+from scaling.search import CandidateTrainer, Evaluate, SearchSettings, choose, run_search, study_settings
+from scaling.variants import MODES, PHIS, Variant, make_family, variant_yaml
 
 log = logging.getLogger("nas-grid-scale")
 PROG = "nas-grid-scale"
@@ -61,7 +61,7 @@ def parse_phis(value: Any) -> tuple[int, ...]:
 class GridConfig:
     """Everything ``nas-grid-scale`` needs; field names are the CLI flags with ``-`` -> ``_``.
 
-    The proxy-task and controller fields mean what they mean in ``nas.config.SearchConfig``.
+    The proxy-task and controller fields mean what they mean in ``nas.search.config.SearchConfig``.
     """
 
     base: str = "efficientnet-b0"
@@ -250,7 +250,7 @@ def emit(cfg: GridConfig, base: Any, coefficients: Coefficients | None, candidat
     """Write variants, tables, coefficients.yaml and plots to ``cfg.out_dir``."""
     from search_spaces import count_cost
 
-    from . import plots
+    from scaling import plots
 
     out = cfg.out_dir
     variants = make_family(base, cfg.phi, cfg.mode, coefficients, cfg.resolution_multiple)
@@ -295,7 +295,7 @@ def _search(cfg: GridConfig, base: Any, candidates: Sequence[Candidate], train: 
 def _write_outputs(cfg: GridConfig, base: Any, candidates: Sequence[Candidate], results: dict[int, dict],
                    seconds: float) -> tuple[Coefficients | None, Candidate | None, list[Variant]]:
     """candidates.csv always; with coefficients also the family, coefficients.yaml, plots and manifest."""
-    from nas.report import write_manifest
+    from nas.search.report import write_manifest
 
     chosen = None if cfg.given else choose(candidates, results)
     coefficients = cfg.given or (chosen.coefficients if chosen else None)
@@ -332,7 +332,7 @@ def run(cfg: GridConfig) -> int:
         return 0
     results, interrupted, lock = {}, False, nullcontext()
     if not cfg.given:
-        from nas.workers import Ranks
+        from nas.cluster.torchrun import Ranks
 
         trainer = CandidateTrainer(candidates, data_config(cfg), train_config(cfg))
         ranks = Ranks.join(cfg.device)  # under torchrun: rank 0 runs the study, every rank trains
@@ -368,11 +368,11 @@ def run(cfg: GridConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.data import DataError
-    from nas.workers import relaunch_under_torchrun, split_nproc, under_torchrun
+    from nas.proxy.data import DataError
+    from nas.cluster.torchrun import relaunch_under_torchrun, split_nproc, under_torchrun
     from search_spaces import SpecError
 
-    from .compound import ScalingError
+    from scaling.compound import ScalingError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -4,8 +4,8 @@ The study has one categorical parameter, ``candidate`` (an index into the evalua
 ``cost_candidates``). ``CandidateSampler`` hands out the first candidate that no trial has
 finished or is running, so several workers on one storage split the grid and a resumed run
 skips what is evaluated. Storage, study resumption (refused with other settings), pruners,
-stopping and the progress line are ``nas-search``'s (``nas.controller``, ``nas.storage``,
-``nas.progress``).
+stopping and the progress line are ``nas-search``'s (``nas.search``, ``nas.cluster.storage``,
+``nas.search.progress``).
 """
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.controller import counted, worker_label
+from nas.cluster.trials import counted
 
-from .compound import Candidate
+from nas.search.objective import worker_label
+
+from scaling.compound import Candidate
 
 __all__ = ["CandidateSampler", "StopAtCandidates", "CandidateTrainer", "Evaluate", "SearchSettings", "claims", "next_candidate",
            "run_search", "collect", "choose", "study_settings"]
@@ -34,7 +36,7 @@ def claims(trials: Sequence[FrozenTrial], number: int | None = None) -> tuple[se
 
     Done: evaluated (trained to the end or pruned while training) or failed. A trial pruned
     untrained (a duplicate claim) leaves its candidate free; a failed trial of a lost worker is
-    queued again by the storage's lease (``nas.lease``) with its candidate fixed.
+    queued again by the storage's lease (``nas.cluster.lease``) with its candidate fixed.
     """
     done, running = set(), set()
     for t in trials:
@@ -101,16 +103,16 @@ class CandidateTrainer:
     """``train(arch, trial, seed)`` for any candidate's arch: builds and trains it at its own proxy resolution.
 
     Every rank of a ``torchrun`` group holds the same candidates, so a follower rank finds the
-    proxy resolution of the architecture rank 0 sends (``nas.workers.Ranks``).
+    proxy resolution of the architecture rank 0 sends (``nas.cluster.torchrun.Ranks``).
     """
 
     candidates: Sequence[Candidate]
-    data_config: Any  # nas.data.DataConfig; its resolution is replaced by the candidate's
-    train_config: Any  # nas.train.TrainConfig
+    data_config: Any  # nas.proxy.data.DataConfig; its resolution is replaced by the candidate's
+    train_config: Any  # nas.proxy.train.TrainConfig
     _data: dict = field(default_factory=dict)
 
     def data(self, resolution: int) -> Any:
-        from nas.data import load_data
+        from nas.proxy.data import load_data
 
         if resolution not in self._data:  # one load per distinct proxy resolution
             self._data[resolution] = load_data(replace(self.data_config, resolution=resolution))
@@ -119,7 +121,7 @@ class CandidateTrainer:
     def __call__(self, arch: Any, trial: Any, seed: int) -> Any:
         import torch
 
-        from nas.train import train_proxy
+        from nas.proxy.train import train_proxy
         from search_spaces import build_model
 
         c = next(c for c in self.candidates if c.arch == arch)
@@ -135,13 +137,13 @@ class Evaluate:
     """The trial function: claim the candidate the sampler picked and train it (``train(arch, trial, seed)``)."""
 
     candidates: Sequence[Candidate]
-    train: Any  # CandidateTrainer, or rank 0's view of it on every rank (nas.workers.Ranks.lead)
+    train: Any  # CandidateTrainer, or rank 0's view of it on every rank (nas.cluster.torchrun.Ranks.lead)
     seed: int = 0
-    lock: Any = field(default_factory=nullcontext)  # nas.locks.StudyLock: workers claim candidates one at a time
+    lock: Any = field(default_factory=nullcontext)  # nas.cluster.locks.StudyLock: workers claim candidates one at a time
     worker: str = field(default_factory=worker_label)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from nas.train import TrainingDiverged
+        from nas.proxy.train import TrainingDiverged
 
         with self.lock:  # the sampler reads the study and the claim is written before the next worker looks
             index = trial.suggest_categorical("candidate", list(range(len(self.candidates))))
@@ -192,17 +194,17 @@ def run_search(settings: SearchSettings, objective: Evaluate,
 
     Returns:
         ``({candidate index: result}, interrupted, lock)``: the results of the whole study (every
-        worker's trials) and the study's ``nas.locks.StudyLock``, to write shared outputs under.
+        worker's trials) and the study's ``nas.cluster.locks.StudyLock``, to write shared outputs under.
 
     Raises:
         ConfigError: the storage cannot be opened, or the study exists with other settings.
     """
-    from nas import controller as ctl
-    from nas import workers
-    from nas.lease import RetryStaleTrial
-    from nas.locks import StudyLock
-    from nas.progress import Progress
-    from nas.storage import MAX_RETRY, is_journal, open_storage
+    import nas.search as ctl
+    from nas.cluster import workers
+    from nas.cluster.lease import RetryStaleTrial
+    from nas.cluster.locks import StudyLock
+    from nas.search.progress import Progress
+    from nas.cluster.storage import MAX_RETRY, is_journal, open_storage
 
     n = len(objective.candidates)
     if is_journal(settings.storage):

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from search_spaces import ArchSpec, count_cost, get_preset
 
-from .compound import Coefficients, ScalingError, TARGET_PRODUCT, compound_arch, scale_arch
+from scaling.compound import Coefficients, ScalingError, TARGET_PRODUCT, compound_arch, scale_arch
 
 __all__ = ["MODES", "PHIS", "Variant", "official_row", "make_variant", "make_family", "variant_yaml"]
 

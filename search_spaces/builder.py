@@ -12,8 +12,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from .blocks import OP_BUILDERS, Block, ConvBNAct, make_shortcut
-from .spec import ArchSpec, round_filters, round_repeats
+from search_spaces.blocks import OP_BUILDERS, Block, ConvBNAct, make_shortcut
+from search_spaces.spec import ArchSpec, round_filters, round_repeats
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cost import CONVENTIONS, count_cost
-from .presets import list_presets, resolve_arch
-from .spec import SpecError
+from search_spaces.cost import CONVENTIONS, count_cost
+from search_spaces.presets import list_presets, resolve_arch
+from search_spaces.spec import SpecError
 
 
 def cost_table(refs: list[str], resolution: int | None, convention: str) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .builder import Layer, resolve
-from .spec import ArchSpec
+from search_spaces.builder import Layer, resolve
+from search_spaces.spec import ArchSpec
 
 CONVENTIONS = ("fvcore", "paper")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from .spec import ArchSpec, SpecError
+from search_spaces.spec import ArchSpec, SpecError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .spec import SKIPS, ArchSpec, SpecError, StageSpec
+from search_spaces.spec import SKIPS, ArchSpec, SpecError, StageSpec
 
 SPACE_DIR = Path(__file__).parent / "spaces"
 _CHOICE_KEYS = ("ops", "kernels", "se_ratios", "skips", "filters", "layers")

@@ -59,7 +59,7 @@ class Workers:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir, self.procs = log_dir, []
 
-    def start(self, args: list[str], env: dict[str, str] | None = None, module: str = "nas.cli") -> subprocess.Popen:
+    def start(self, args: list[str], env: dict[str, str] | None = None, module: str = "nas.cli.search") -> subprocess.Popen:
         index = len(self.procs)
         log = open(self.log_dir / f"worker{index}.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
@@ -98,12 +98,12 @@ def workers(tmp_path):
 
 
 def audit(study, trials: int, n_workers: int) -> dict[str, int]:
-    """Check what every cluster run must guarantee (``nas.workers.study_health``); returns the figures.
+    """Check what every cluster run must guarantee (``nas.cluster.workers.study_health``); returns the figures.
 
     Nothing left RUNNING, no architecture trained twice, no trial lost with its worker, and
     between ``trials`` and ``trials + n_workers - 1`` trained trials.
     """
-    from nas.workers import study_health
+    from nas.cluster.workers import study_health
 
     h = study_health(study)
     assert h["running"] == 0, f"trials left RUNNING: {h}"
@@ -114,7 +114,7 @@ def audit(study, trials: int, n_workers: int) -> dict[str, int]:
 
 def assert_leaderboard_matches(path: Path, study) -> None:
     """``leaderboard.csv`` lists exactly the study's finished trials, with their rewards."""
-    from nas.report import trial_rows
+    from nas.search.report import trial_rows
 
     rows = list(csv.DictReader(path.open()))
     expected = trial_rows(study.get_trials(deepcopy=False))

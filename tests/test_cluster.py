@@ -16,7 +16,7 @@ import pytest
 from conftest import FAST, assert_leaderboard_matches, audit
 from pg import PASSWORD
 
-from nas.storage import open_storage
+from nas.cluster.storage import open_storage
 
 TRIALS, N_WORKERS = 5, 3
 
@@ -84,8 +84,8 @@ def test_three_workers_on_a_shared_journal_file(workers, tmp_path):
 # --- the pieces, in one process -------------------------------------------------------------
 
 def test_a_claimed_architecture_is_not_trained_twice():
-    from nas.config import SearchConfig
-    from nas.controller import Objective
+    from nas.search.config import SearchConfig
+    from nas.search.objective import Objective
     from search_spaces import get_preset
     from search_spaces.space import SearchSpace
 
@@ -106,8 +106,8 @@ def test_a_claimed_architecture_is_not_trained_twice():
 
 
 def test_worker_slots_are_distinct_and_freed(tmp_path):
-    from nas.locks import StudyLock
-    from nas.workers import register_worker, release_worker
+    from nas.cluster.locks import StudyLock
+    from nas.cluster.workers import register_worker, release_worker
 
     storage = open_storage(None, tmp_path)
     study = optuna.create_study(study_name="slots", storage=storage)
@@ -124,12 +124,12 @@ def test_worker_slots_are_distinct_and_freed(tmp_path):
     (["--nproc-per-node=2"], 2, []),
 ])
 def test_nproc_per_node_is_split_off(argv, nproc, rest):
-    from nas.workers import split_nproc
+    from nas.cluster.torchrun import split_nproc
 
     assert split_nproc(argv) == (nproc, rest)
 
 
 def test_nproc_per_node_must_be_a_count():
-    from nas.cli import main
+    from nas.cli.search import main
 
     assert main(["--nproc-per-node", "two", "--dry-run"]) == 2

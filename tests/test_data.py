@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data import DATASETS, DataConfig, DataError, fit_resolution, load_data, stratified_split
-from nas.readers import read_idx
+from nas.proxy.data import DATASETS, DataConfig, DataError, fit_resolution, load_data, stratified_split
+from nas.proxy.readers import read_idx
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist")

@@ -31,8 +31,8 @@ def _worker(out_dir: Path) -> None:
     import optuna
     import torch.distributed as dist
 
-    from nas.data import DataConfig, load_data
-    from nas.train import TrainConfig, evaluate, train_proxy
+    from nas.proxy.data import DataConfig, load_data
+    from nas.proxy.train import TrainConfig, evaluate, train_proxy
 
     rank = int(os.environ["RANK"])
     torch.manual_seed(100 + rank)  # a different init on each rank: DDP starts from rank 0's

@@ -1,7 +1,7 @@
 """Trials on several processes: ``nas-search --nproc-per-node 2`` on CPU (gloo), DDP inside each trial.
 
 Rank 0 talks to the study; both ranks train every trial's network on their half of the data;
-rank 0 checks that the ranks agree on the result before it records it (``nas.workers.Ranks``).
+rank 0 checks that the ranks agree on the result before it records it (``nas.cluster.torchrun.Ranks``).
 """
 from __future__ import annotations
 

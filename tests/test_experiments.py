@@ -16,7 +16,7 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", SEARCH, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
 def test_search_config_plans(path: Path, tmp_path, capsys):
-    from nas.cli import main
+    from nas.cli.search import main
 
     assert main(["--config", str(path), "--dry-run", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out

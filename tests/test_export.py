@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from search_spaces import ArchSpec, StageSpec, build_model, get_preset
-from search_spaces import export as export_module
-from search_spaces.export import (ROUNDING_FACTOR, TOLERANCE, ExportCheckFailed, ExportError, check_agreement,
+from search_spaces.interop import export as export_module
+from search_spaces.interop.export import (ROUNDING_FACTOR, TOLERANCE, ExportCheckFailed, ExportError, check_agreement,
                                   python_source, timm_arch_def, timm_source)
-from search_spaces.export_cli import main
-from search_spaces.weights import pretrained_model, use_tf_padding
+from search_spaces.interop.cli import main
+from search_spaces.interop.weights import pretrained_model, use_tf_padding
 from helpers import randomize_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -267,7 +267,7 @@ def test_onnx_without_its_packages_is_a_clear_error(workdir: Path, monkeypatch, 
 
 
 def test_module_entry_point_error_has_no_traceback(workdir: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "search_spaces.export_cli", "efficientnet-b9"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "search_spaces.interop.cli", "efficientnet-b9"], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 

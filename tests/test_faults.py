@@ -18,7 +18,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from pg import PASSWORD
 
-from nas.controller import counted
+from nas.cluster.trials import counted
 
 
 def _loader(load: Callable[[], optuna.Study]) -> Callable[[], optuna.Study | None]:
@@ -119,7 +119,7 @@ def test_database_gone_for_good_stops_cleanly_and_resumes(own_pg_server, workers
 
 @pytest.mark.postgres
 def test_password_masked_when_the_database_refuses(pg_server, tmp_path, capsys):
-    from nas.cli import main
+    from nas.cli.search import main
 
     url = pg_server.url("postgres").replace(PASSWORD, "wrong-" + PASSWORD)
     assert main([*FAST, "--trials", "1", "--storage", url, "--out", str(tmp_path / "x")]) == 2
@@ -130,7 +130,7 @@ def test_password_masked_when_the_database_refuses(pg_server, tmp_path, capsys):
 # --- the pieces, in one process -------------------------------------------------------------
 
 def test_a_lease_unchanged_for_the_grace_period_is_stale(monkeypatch):
-    import nas.lease as lease
+    import nas.cluster.lease as lease
 
     now = [100.0]
     monkeypatch.setattr(lease.time, "monotonic", lambda: now[0])
@@ -146,8 +146,8 @@ def test_a_lease_unchanged_for_the_grace_period_is_stale(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_dead_trial_on_a_journal_file_is_failed_and_queued_again(tmp_path, monkeypatch):
-    import nas.lease as lease
-    from nas.storage import open_storage
+    import nas.cluster.lease as lease
+    from nas.cluster.storage import open_storage
 
     now = [0.0]
     monkeypatch.setattr(lease.time, "monotonic", lambda: now[0])
@@ -172,7 +172,7 @@ def test_a_dead_trial_on_a_journal_file_is_failed_and_queued_again(tmp_path, mon
 def test_storage_retries_give_up_with_one_masked_line():
     import sqlalchemy.exc
 
-    from nas.storage import StorageUnavailable, retry_call
+    from nas.cluster.storage import StorageUnavailable, retry_call
 
     def refuse():
         raise sqlalchemy.exc.OperationalError("connect", {}, ConnectionRefusedError("connection refused"))

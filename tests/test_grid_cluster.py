@@ -16,7 +16,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 from test_grid_cli import TINY_BASE, TINY_GRID, TINY_PROXY
 
-from nas.controller import counted
+from nas.cluster.trials import counted
 
 pytestmark = pytest.mark.slow
 

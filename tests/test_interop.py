@@ -11,7 +11,7 @@ import pytest
 from helpers import randomize_
 from interop import import_timm, import_torchvision
 from search_spaces import count_cost, get_preset
-from search_spaces.weights import detect_format, pretrained_model
+from search_spaces.interop.weights import detect_format, pretrained_model
 from test_weights import _compare
 
 pytestmark = pytest.mark.usefixtures("one_thread")

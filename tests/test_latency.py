@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.latency import LatencyTable, measure_latency, parse_latency
+from search_spaces.latency import LatencyTable, measure_latency, parse_latency
 from search_spaces import ArchSpec, StageSpec, build_model, get_preset
 from search_spaces.blocks import ConvBNAct, SqueezeExcite
 

@@ -1,4 +1,4 @@
-"""``nas.rankstats`` and ``nas-proxy-check``: rank statistics, and the fidelity check end to end on digits."""
+"""``nas.fidelity.rankstats`` and ``nas-proxy-check``: rank statistics, and the fidelity check end to end on digits."""
 from __future__ import annotations
 
 import csv
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from nas.config import ConfigError
-from nas.proxy_check import CACHE_NAME, main, parse_proxies, sample_archs
-from nas.rankstats import average_ranks, bootstrap_ci, kendall_tau, spearman_rho
+from nas.cli.proxy_check import CACHE_NAME, main, parse_proxies, sample_archs
+from nas.fidelity.rankstats import average_ranks, bootstrap_ci, kendall_tau, spearman_rho
 
 K = 4  # architectures in the end-to-end runs
 # Digits at 16 px, 256 training images, batches of 64: a training run takes under a second.
@@ -82,7 +82,7 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_more_pairs():
 
 
 def test_fidelity_drops_non_finite_pairs_and_seed_agreement_averages_seed_pairs():
-    from nas.fidelity import fidelity, seed_agreement
+    from nas.fidelity.analysis import fidelity, seed_agreement
 
     f = fidelity(np.array([1, 2, np.nan, 4.0]), np.array([1, 3, 2, 4.0]))
     assert f["n"] == 3 and f["kendall_tau"] == 1.0 and f["spearman_rho"] == 1.0
@@ -102,8 +102,8 @@ def test_parse_proxies_normalizes_and_names_the_bad_item(monkeypatch):
                        ("", "at least one"), ("train:nan", "train:nan")):
         with pytest.raises(ConfigError, match=named):
             parse_proxies(bad)
-    monkeypatch.setitem(sys.modules, "nas.zero_cost", None)  # as if the module were absent
-    with pytest.raises(ConfigError, match="nas.zero_cost"):
+    monkeypatch.setitem(sys.modules, "nas.proxy.zero_cost", None)  # as if the module were absent
+    with pytest.raises(ConfigError, match="nas.proxy.zero_cost"):
         parse_proxies("train:1,zc:synflow")
 
 
@@ -217,7 +217,7 @@ def test_inconsistent_rerun_is_refused_and_changes_nothing(run_copy, capsys, cha
 
 
 def test_a_second_run_on_the_same_out_is_refused(run_copy, capsys):
-    from nas.proxy_check import exclusive
+    from nas.cli.proxy_check import exclusive
 
     before = _digests(run_copy)
     with exclusive(run_copy / CACHE_NAME):  # as a run in progress holds it
@@ -256,7 +256,7 @@ def test_not_a_cache_is_refused(tmp_path, capsys):
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, named):
     if args[-1] == "zc:foo":
-        pytest.importorskip("nas.zero_cost")
+        pytest.importorskip("nas.proxy.zero_cost")
     out = tmp_path / "out"
     code, stdout, err = _run(capsys, *FAST, *args, "--out", str(out))
     assert code == 2 and stdout == ""
@@ -265,8 +265,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
 
 
 def test_a_diverged_run_is_stored_and_left_out_of_the_statistics(run_copy, capsys, monkeypatch):
-    import nas.proxy_check as pc
-    from nas.train import TrainingDiverged
+    import nas.cli.proxy_check as pc
+    from nas.proxy.train import TrainingDiverged
 
     def fake_measure(item, data, trainer, device):
         assert item.method == "train:0.5"  # everything else is in the cache
@@ -287,7 +287,7 @@ def test_a_diverged_run_is_stored_and_left_out_of_the_statistics(run_copy, capsy
 
 
 def test_zero_cost_proxies_join_the_cached_run(run_copy, capsys, one_thread):
-    pytest.importorskip("nas.zero_cost")
+    pytest.importorskip("nas.proxy.zero_cost")
     zc = ["zc:synflow", "zc:naswot"]  # the other two: tests/test_zero_cost.py; their names: the next test
     code, out, _ = _run(capsys, *FAST, "--proxies", ",".join(["train:0.25", *zc]), "--out", str(run_copy))
     assert code == 0
@@ -300,7 +300,7 @@ def test_zero_cost_proxies_join_the_cached_run(run_copy, capsys, one_thread):
 
 
 def test_default_proxies_are_the_training_and_zero_cost_ones():
-    pytest.importorskip("nas.zero_cost")
-    from nas.proxy_check import CheckConfig
+    pytest.importorskip("nas.proxy.zero_cost")
+    from nas.cli.proxy_check import CheckConfig
 
     assert CheckConfig().proxies == ("train:1", *ZC_ALL.split(","))

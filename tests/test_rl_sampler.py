@@ -1,4 +1,4 @@
-"""The RL controller sampler (``nas.rl_sampler``): it learns, from every worker's trials, cheaply."""
+"""The RL controller sampler (``nas.search.rl_sampler``): it learns, from every worker's trials, cheaply."""
 from __future__ import annotations
 
 import statistics
@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState, create_trial
 
-from nas.rl_sampler import RLSampler, _steps
+from nas.search.rl_sampler import RLSampler, _steps
 from search_spaces import default_space, get_preset
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

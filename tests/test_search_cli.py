@@ -15,7 +15,7 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from nas.cli import main
+from nas.cli.search import main
 from search_spaces import build_model, get_preset, load_arch
 
 FAST = ["--dataset", "digits", "--proxy-resolution", "16", "--epochs", "1", "--batch-size", "128",
@@ -136,7 +136,7 @@ def test_bad_input_exits_2_and_keeps_the_study(case, run_dir, tmp_path, capsys):
 
 
 def test_bad_input_from_the_console_script(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nas.cli", "--trials", "0", "--out", str(tmp_path / "x")],
+    proc = subprocess.run([sys.executable, "-m", "nas.cli.search", "--trials", "0", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "--trials" in proc.stderr
@@ -155,7 +155,7 @@ def test_nsga2_gives_a_pareto_front(tmp_path):
 
 def test_ctrl_c_keeps_the_study_and_resumes(tmp_path):
     out = tmp_path / "int"
-    cmd = [sys.executable, "-m", "nas.cli", *FAST, "--trials", "1000", "--out", str(out)]
+    cmd = [sys.executable, "-m", "nas.cli.search", *FAST, "--trials", "1000", "--out", str(out)]
     # SIGINT as at a terminal, even where pytest runs as a shell's background job (which ignores
     # SIGINT, and an ignored SIGINT is inherited: Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

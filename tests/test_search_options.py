@@ -8,11 +8,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from nas.cli import main
-from nas.controller import counted
-from nas.config import ZC_NAMES
-from nas.data import DataConfig, load_data
-from nas.reward import reward
+from nas.cli.search import main
+from nas.cluster.trials import counted
+from nas.search.config import ZC_NAMES
+from nas.proxy.data import DataConfig, load_data
+from nas.search.reward import reward
 from search_spaces import build_model, count_cost, default_space
 from test_search_cli import FAST, load, snapshot
 
@@ -21,13 +21,13 @@ SMALL = [*FAST, "--train-size", "256"]
 
 
 def test_config_knows_every_zero_cost_proxy():
-    from nas.zero_cost import ZC_PROXIES
+    from nas.proxy.zero_cost import ZC_PROXIES
 
     assert ZC_NAMES == ZC_PROXIES
 
 
 def test_zero_cost_objective(tmp_path):
-    from nas.zero_cost import score
+    from nas.proxy.zero_cost import score
 
     out = tmp_path / "zc"
     assert main([*SMALL, "--trials", "3", "--proxy", "zc:synflow", "--out", str(out)]) == 0

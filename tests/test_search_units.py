@@ -5,10 +5,12 @@ import math
 
 import pytest
 
-from nas.config import ConfigError, SearchConfig, mask_url, parse_count
-from nas.controller import pareto_front
-from nas.reward import reward
-from nas.storage import open_storage
+from nas.config import ConfigError, mask_url, parse_count
+
+from nas.search.config import SearchConfig
+from nas.search.objective import pareto_front
+from nas.search.reward import reward
+from nas.cluster.storage import open_storage
 
 
 @pytest.mark.parametrize("text", ["400M", "0.4G", "4e8", "400000000", 400_000_000, "400m", " 400M "])
@@ -78,7 +80,7 @@ def test_pareto_front():
 def test_every_sampler_searches_the_real_space(name):
     import optuna
 
-    from nas.controller import make_sampler
+    from nas.search.study import make_sampler
     from search_spaces import count_cost, default_space
 
     space = default_space()

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nas.data import DataConfig, load_data
-from nas.train import (TrainConfig, TrainingDiverged, TrainResult, _make_optimizer, evaluate, recalibrate_bn,
+from nas.proxy.data import DataConfig, load_data
+from nas.proxy.train import (TrainConfig, TrainingDiverged, TrainResult, _make_optimizer, evaluate, recalibrate_bn,
                        train_proxy)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -157,7 +157,7 @@ def test_top5_is_none_with_five_classes_or_fewer() -> None:
 
 
 def _relabel(split):
-    from nas.data import TensorSplit
+    from nas.proxy.data import TensorSplit
 
     return TensorSplit(split.images, split.labels % 5, split.source_index)
 

@@ -11,7 +11,7 @@ import torch
 
 from search_spaces import get_preset
 from search_spaces.builder import build_model
-from search_spaces.weights import (Conv2dSameTF, WeightsError, detect_format, from_native, key_map, load_checkpoint,
+from search_spaces.interop.weights import (Conv2dSameTF, WeightsError, detect_format, from_native, key_map, load_checkpoint,
                                    load_weights, pretrained_model, source_convention, use_tf_padding)
 from helpers import randomize_
 

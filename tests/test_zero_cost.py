@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.data import DataConfig, load_data
-from nas.zero_cost import ZC_PROXIES, score, score_arch
+from nas.proxy.data import DataConfig, load_data
+from nas.proxy.zero_cost import ZC_PROXIES, score, score_arch
 from search_spaces import build_model, default_space, get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .builder import Network, build_model, resolve
-from .spec import ArchSpec, round_repeats
+from search_spaces.builder import Network, build_model, resolve
+from search_spaces.spec import ArchSpec, round_repeats
 
 __all__ = ["FORMATS", "PADDINGS", "WeightsError", "Conv2dSameTF", "use_tf_padding", "has_tf_padding",
            "load_checkpoint", "detect_format", "source_convention", "key_map", "to_native", "from_native",

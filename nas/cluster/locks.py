@@ -62,8 +62,8 @@ class StudyLock:
     def _acquire_sql(self) -> Any:
         import sqlalchemy as sa
 
-        from .config import mask_url
-        from .storage import retry_call
+        from nas.config import mask_url
+        from nas.cluster.storage import retry_call
 
         key, rdb = _key(self.study_name), self._rdb
 

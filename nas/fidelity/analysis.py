@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .rankstats import bootstrap_ci, kendall_tau, spearman_rho
+from nas.fidelity.rankstats import bootstrap_ci, kendall_tau, spearman_rho
 
 MACS_RESOLUTION = 224  # MACs are counted at the deployment resolution, as nas-search does
 BOOTSTRAP_SAMPLES, CI_LEVEL = 1000, 0.95

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .readers import DataError
+from nas.proxy.readers import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "FolderSplit"]
 

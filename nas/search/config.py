@@ -5,41 +5,18 @@ Flow: ``--config file.yaml`` -> command-line flags override -> ``SearchConfig`` 
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
+from nas.config import ConfigError, parse_count
 
 SAMPLERS = ("tpe", "random", "nsga2", "gp", "rl")
 PRUNERS = ("hyperband", "median", "none")
 REWARDS = ("soft", "hard")
-ZC_NAMES = ("synflow", "naswot", "grad_norm", "snip")  # nas.zero_cost.ZC_PROXIES (a test keeps them equal)
+ZC_NAMES = ("synflow", "naswot", "grad_norm", "snip")  # nas.proxy.zero_cost.ZC_PROXIES (a test keeps them equal)
 PROXIES = ("train", *(f"zc:{n}" for n in ZC_NAMES))
 COSTS = ("macs", "latency")
-
-
-class ConfigError(ValueError):
-    """Bad user input: the message is one line naming the value and what was expected."""
-
-
-_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-def parse_count(text: Any, what: str = "--target-flops") -> int:
-    """``400M``, ``0.4G``, ``4e8`` and ``400000000`` all give 400,000,000."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\s*([kKmMgGtT]?)\s*", str(text))
-        if not m:
-            raise ConfigError(f"{what} must be a positive count like 400M, 0.4G, 4e8 or 400000000, but got {text!r}")
-        value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    if not value > 0:
-        raise ConfigError(f"{what} must be positive, but got {text!r}")
-    return int(round(value))
 
 
 @dataclass(frozen=True)
@@ -92,7 +69,7 @@ class SearchConfig:
         else:
             object.__setattr__(self, "seed_arch", tuple(self.seed_arch))
         if self.target_latency is not None:
-            from .latency import parse_latency
+            from search_spaces.latency import parse_latency
 
             try:
                 object.__setattr__(self, "target_latency", parse_latency(self.target_latency))
@@ -140,51 +117,3 @@ class SearchConfig:
     def target(self) -> float:
         """T of the reward: MACs, or seconds with ``--cost latency``."""
         return self.target_latency if self.cost == "latency" else self.target_flops
-
-
-def read_config_file(path: str | Path, known: set[str]) -> dict[str, Any]:
-    """Read a YAML config; every key must be a known option."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: YAML does not parse: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of options, but got {type(data).__name__}")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown key {unknown[0]!r}, expected one of {sorted(known)}")
-    return data
-
-
-def make_config(cls: type, file_values: dict[str, Any], flag_values: dict[str, Any]) -> Any:
-    """``cls`` from file values overridden by the flags the user actually gave."""
-    values = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
-    try:
-        return cls(**values)
-    except TypeError as exc:  # a wrong type deep inside a check
-        raise ConfigError(f"bad option value: {exc}") from None
-
-
-def config_fields(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def public_dict(config: Any) -> dict[str, Any]:
-    """The config as plain data, with any password in a storage URL masked."""
-    d = dataclasses.asdict(config)
-    if d.get("storage"):
-        d["storage"] = mask_url(d["storage"])
-    if isinstance(d.get("seed_arch"), tuple):
-        d["seed_arch"] = list(d["seed_arch"])
-    return d
-
-
-def mask_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)

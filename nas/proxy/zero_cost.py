@@ -31,7 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from search_spaces import ArchSpec, build_model
 
-from .data import ProxyData
+from nas.proxy.data import ProxyData
 
 ZC_PROXIES = ("synflow", "naswot", "grad_norm", "snip")
 
@@ -183,7 +183,7 @@ def score_arch(arch: ArchSpec, data: ProxyData, name: str, *, seed: int = 0, bat
 
     Args:
         arch: the ``ArchSpec`` to score.
-        data: a ``ProxyData`` (``nas.data.load_data``).
+        data: a ``ProxyData`` (``nas.proxy.data.load_data``).
         name: one of ``ZC_PROXIES``.
         seed: seeds the initialization and the batch order.
         batch_size: images per batch.

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from .train import torch_threads
+from nas.proxy.train import torch_threads
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 REJECTED = "rejected untrained"  # the prefix of the ``reason`` of a trial rejected before training

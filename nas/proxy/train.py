@@ -5,7 +5,7 @@ recalibrates the BatchNorm running statistics on training batches: with TF-style
 (0.01 in PyTorch terms) the running averages of a network trained for an epoch are still
 close to their initial values and the evaluated accuracy is chance, whatever the network
 learned. With an Optuna trial it reports held-out accuracy during training and stops when
-the pruner says so. Under ``torchrun`` it trains data-parallel (see ``nas.distributed``).
+the pruner says so. Under ``torchrun`` it trains data-parallel (see ``nas.proxy.distributed``).
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import ProxyData
-from .distributed import DistInfo, all_reduce_sum, any_flag, broadcast_flag, init_from_env
-from .evaluate import autocast, evaluate, recalibrate_bn
+from nas.proxy.data import ProxyData
+from nas.proxy.distributed import DistInfo, all_reduce_sum, any_flag, broadcast_flag, init_from_env
+from nas.proxy.evaluation import autocast, evaluate, recalibrate_bn
 
 __all__ = ["OPTIMIZERS", "AMP_MODES", "TrainConfig", "TrainResult", "TrainingDiverged", "train_proxy",
            "evaluate", "recalibrate_bn"]
@@ -199,7 +199,7 @@ def train_proxy(model: nn.Module, data: ProxyData, config: TrainConfig, trial: A
 
     Args:
         model: a network mapping ``(B, data.in_chans, R, R)`` to ``(B, data.num_classes)`` logits.
-        data: from ``nas.data.load_data``.
+        data: from ``nas.proxy.data.load_data``.
         config: the training recipe and budget.
         trial: an Optuna trial (on rank 0 under ``torchrun``) to report held-out accuracy to.
 

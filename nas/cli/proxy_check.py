@@ -3,7 +3,7 @@
 K architectures are sampled from the MnasNet space (seeded, distinct, MACs at 224 px within
 ``[T/band, T*band]``, EfficientNet-B0 optionally among them). Each is scored by every proxy
 (``train:E``: held-out accuracy after E proxy epochs; ``zc:NAME``: a zero-cost score of
-``nas.zero_cost``) and by the reference (``--reference-epochs`` of training, once per
+``nas.proxy.zero_cost``) and by the reference (``--reference-epochs`` of training, once per
 ``--reference-seeds`` seed; the reference score is the mean over seeds). A proxy's fidelity is
 its Kendall tau and Spearman rho with the reference, with 95% bootstrap intervals over the
 architectures; the seed-to-seed agreement of the reference itself is the ceiling to compare with.
@@ -31,9 +31,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .cli import _Parser, add_proxy_arguments, data_config, glue_negative_values, train_config
-from .config import ConfigError, SearchConfig, make_config, parse_count
-from .fidelity import MACS_RESOLUTION, analyse, plot_scatter, report_table, write_results_csv, write_summary
+from nas.cli.search import _Parser, add_proxy_arguments, data_config, glue_negative_values, train_config
+from nas.config import ConfigError, make_config, parse_count
+from nas.search.config import SearchConfig
+from nas.fidelity.analysis import MACS_RESOLUTION, analyse, plot_scatter, report_table, write_results_csv, write_summary
 
 log = logging.getLogger("nas-proxy-check")
 PROG = "nas-proxy-check"
@@ -87,9 +88,9 @@ def _parse_proxy(item: str) -> str:
         return f"train:{format_epochs(epochs)}"
     if kind == "zc":
         try:
-            from .zero_cost import ZC_PROXIES
+            from nas.proxy.zero_cost import ZC_PROXIES
         except ImportError as exc:
-            raise ConfigError(f"--proxies item {item!r}: zero-cost proxies need nas.zero_cost, which does not "
+            raise ConfigError(f"--proxies item {item!r}: zero-cost proxies need nas.proxy.zero_cost, which does not "
                               f"import ({exc}); use train:EPOCHS proxies only") from None
         if arg not in ZC_PROXIES:
             raise ConfigError(f"--proxies item {item!r}: unknown zero-cost proxy {arg!r}, expected one of "
@@ -108,7 +109,7 @@ class CheckConfig:
     """Everything ``nas-proxy-check`` needs; field names are the CLI flags with ``-`` -> ``_``.
 
     ``task`` holds the proxy-task settings (``TASK_FIELDS``, as a mapping) and becomes the
-    ``nas.config.SearchConfig`` that carries them, validated as nas-search validates them, with
+    ``nas.search.config.SearchConfig`` that carries them, validated as nas-search validates them, with
     this config's ``seed`` and the reference's epochs (each run sets its own).
     """
 
@@ -235,7 +236,7 @@ def sample_archs(space: Any, count: int, seed: int, target: float, band: float, 
 # -- the score cache -----------------------------------------------------------------------------------------------
 def cache_settings(data_cfg: Any, train_cfg: Any, arch: Any) -> dict[str, Any]:
     """What fixes every score: the data split, the trainer recipe, the zero-cost batch, the fixed arch fields."""
-    from .data import DEFAULT_DIRS
+    from nas.proxy.data import DEFAULT_DIRS
 
     settings: dict[str, Any] = {"tool": PROG, "format": CACHE_FORMAT}
     settings.update({f"data.{k}": v for k, v in dataclasses.asdict(data_cfg).items() if k != "workers"})
@@ -364,11 +365,11 @@ def measure(item: Item, data: Any, trainer: Any, device: str) -> float:
 
     from search_spaces import build_model
 
-    from .train import train_proxy
+    from nas.proxy.train import train_proxy
 
     kind, _, arg = item.method.partition(":")
     if kind == "zc":
-        from .zero_cost import score_arch
+        from nas.proxy.zero_cost import score_arch
 
         return score_arch(item.arch, data, arg, seed=item.seed, batch_size=min(trainer.batch_size, data.num_train),
                           batches=ZC_BATCHES, device=device)
@@ -381,8 +382,8 @@ def compute_missing(items: Sequence[Item], cache: ScoreCache, data: Any, trainer
     """Compute and store each item not in ``cache``, logging one line each; returns how many were computed."""
     from search_spaces import count_cost
 
-    from .progress import fmt_seconds
-    from .train import TrainingDiverged
+    from nas.search.progress import fmt_seconds
+    from nas.proxy.train import TrainingDiverged
 
     todo = [item for item in items if item.key not in cache]
     log.info("%s: %d scores needed, %d already in %s, %d to compute", PROG, len(items), len(items) - len(todo),
@@ -423,8 +424,8 @@ def run(cfg: CheckConfig) -> int:
     """Validate and load everything, then compute the missing scores, then analyse and write the report."""
     from search_spaces import default_space
 
-    from .data import load_data
-    from .train import torch_threads
+    from nas.proxy.data import load_data
+    from nas.proxy.train import torch_threads
 
     out = cfg.out_dir
     if out.exists() and not out.is_dir():
@@ -462,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from search_spaces import SpecError
     from search_spaces.space import SpaceError
 
-    from .data import DataError
+    from nas.proxy.data import DataError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C: the cache is kept

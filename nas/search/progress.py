@@ -5,7 +5,8 @@ import sys
 import time
 from typing import Any
 
-from .controller import counted, eta_seconds
+from nas.cluster.trials import counted
+from nas.search.objective import eta_seconds
 
 
 def fmt_seconds(s: float) -> str:

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import mask_url
-from .controller import pareto_front
+from nas.config import mask_url
+from nas.search.objective import pareto_front
 
 COLUMNS = ("number", "state", "arch", "accuracy", "top5", "macs", "params", "reward", "seconds",
            "epochs", "images", "duplicate_of", "reason")

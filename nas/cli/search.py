@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, SearchConfig, config_fields, make_config, mask_url, public_dict, read_config_file
-from .progress import Progress
+from nas.config import ConfigError, config_fields, make_config, mask_url, public_dict, read_config_file
+
+from nas.search.config import SearchConfig
+from nas.search.progress import Progress
 
 log = logging.getLogger("nas-search")
 
@@ -109,7 +111,7 @@ def parse_config(argv: list[str] | None) -> SearchConfig:
 
 
 def train_config(cfg: SearchConfig) -> Any:
-    from .train import TrainConfig
+    from nas.proxy.train import TrainConfig
 
     values = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "device": cfg.device, "seed": cfg.seed,
               "max_seconds": cfg.max_seconds, "threads": cfg.threads}
@@ -141,7 +143,7 @@ def _default_amp(device: str) -> str:
 
 
 def data_config(cfg: SearchConfig) -> Any:
-    from .data import DataConfig
+    from nas.proxy.data import DataConfig
 
     loaders = os.environ.get("NAS_LOADER_WORKERS", "")  # image decoders per process (imagefolder); cluster recipes
     if loaders and not loaders.isdigit():
@@ -157,7 +159,7 @@ def data_config(cfg: SearchConfig) -> Any:
 def _plan(cfg: SearchConfig, space: Any, seeds: list) -> str:
     from search_spaces import count_cost
 
-    from .reward import reward
+    from nas.search.reward import reward
 
     lines = [
         f"space      {space.name} ({cfg.space}): {space.size():.3e} architectures, {len(space.choices())} "
@@ -198,8 +200,8 @@ def write_outputs(cfg: SearchConfig, study: Any, space: Any, extra: dict[str, An
 
     Called under the study lock: the last worker to write saw every finished trial.
     """
-    from . import controller as ctl
-    from . import report
+    import nas.search as ctl
+    from nas.search import report
 
     rows = report.trial_rows(study.get_trials(deepcopy=False))
     out = cfg.out_dir
@@ -222,9 +224,9 @@ def run(cfg: SearchConfig) -> int:
     from search_spaces import build_model, resolve_arch
     from search_spaces.space import SearchSpace
 
-    from .data import load_data
-    from .train import train_proxy
-    from .workers import Ranks
+    from nas.proxy.data import load_data
+    from nas.proxy.train import train_proxy
+    from nas.cluster.torchrun import Ranks
 
     space = SearchSpace.load(cfg.space)
     seeds = [resolve_arch(ref) for ref in cfg.seed_arch]
@@ -245,7 +247,7 @@ def run(cfg: SearchConfig) -> int:
 
     def zero_cost(name: str) -> Any:
         def score(arch: Any, seed: int = cfg.seed) -> float:
-            from .zero_cost import score_arch
+            from nas.proxy.zero_cost import score_arch
 
             return score_arch(arch, data, name, seed=seed, batch_size=min(cfg.batch_size, data.num_train),
                               device=_device(cfg))
@@ -274,7 +276,7 @@ def _scored(score: Any) -> Any:
         import math
         import time
 
-        from .train import TrainingDiverged, TrainResult
+        from nas.proxy.train import TrainingDiverged, TrainResult
 
         t0 = time.perf_counter()
         value = score(arch, seed)
@@ -296,7 +298,7 @@ def _device(cfg: SearchConfig) -> str:
 
 def _latency(cfg: SearchConfig) -> Any:
     """The estimated latency (seconds) of an architecture, from the cached per-layer table."""
-    from .latency import LatencyTable
+    from search_spaces.latency import LatencyTable
 
     path = Path(cfg.latency_table) if cfg.latency_table else cfg.out_dir / "latency_table.json"
     table = LatencyTable(path, resolution=cfg.resolution, device=_device(cfg))
@@ -305,7 +307,7 @@ def _latency(cfg: SearchConfig) -> Any:
 
 def _prescreen(cfg: SearchConfig, study: Any, space: Any, objective: Any, score: Any, lock: Any) -> None:
     """Queue the best k of K zero-cost-scored architectures once per study (the worker in slot 0 does it)."""
-    from . import controller as ctl
+    import nas.search as ctl
 
     if "prescreen" in study.user_attrs:
         return
@@ -325,13 +327,14 @@ def _prescreen(cfg: SearchConfig, study: Any, space: Any, objective: Any, score:
 def _search(cfg: SearchConfig, space: Any, seeds: list, train: Any, world_size: int, trainer: dict,
             score: Any = None) -> int:
     """Rank 0's part: the study, the trials, the outputs."""
-    from . import controller as ctl
-    from . import report
-    from . import workers
-    from .lease import RetryStaleTrial
-    from .locks import StudyLock
-    from .storage import MAX_RETRY, is_journal, open_storage
-    from .train import TrainingDiverged
+    import nas.search as ctl
+    from nas.search import report
+    from nas.cluster import workers
+    from nas.cluster.lease import RetryStaleTrial
+    from nas.cluster.trials import counted
+    from nas.cluster.locks import StudyLock
+    from nas.cluster.storage import MAX_RETRY, is_journal, open_storage
+    from nas.proxy.train import TrainingDiverged
 
     if is_journal(cfg.storage):
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -354,7 +357,7 @@ def _search(cfg: SearchConfig, space: Any, seeds: list, train: Any, world_size: 
     if score is not None and slot[0] == 0:
         _prescreen(cfg, study, space, objective, score, lock)
     stop = ctl.StopAtTrials(cfg.trials, max_attempts=20 * cfg.trials + 100)
-    start = sum(ctl.counted(t) for t in study.get_trials(deepcopy=False))
+    start = sum(counted(t) for t in study.get_trials(deepcopy=False))
     interrupted = False
     log.info("searching: %d of %d trials done; worker slot %d (%s), %d process(es) per trial", start, cfg.trials,
              slot[0], objective.worker, world_size)
@@ -374,7 +377,7 @@ def _search(cfg: SearchConfig, space: Any, seeds: list, train: Any, world_size: 
     workers.release_worker(study, slot[0])
     if not cfg.quiet:
         print(report.top_table(rows))
-        print(f"\n{sum(ctl.counted(t) for t in study.get_trials(deepcopy=False))} trials; outputs in {cfg.out_dir}/ "
+        print(f"\n{sum(counted(t) for t in study.get_trials(deepcopy=False))} trials; outputs in {cfg.out_dir}/ "
               f"(best.yaml, leaderboard.csv, pareto.png, history.png, manifest.json)")
     why = stop.why(study)
     if why and why != "done":
@@ -390,9 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     from search_spaces import SpecError
     from search_spaces.space import SpaceError
 
-    from .data import DataError
-    from .storage import StorageUnavailable
-    from .workers import relaunch_under_torchrun, split_nproc, under_torchrun
+    from nas.proxy.data import DataError
+    from nas.cluster.storage import StorageUnavailable
+    from nas.cluster.torchrun import relaunch_under_torchrun, split_nproc, under_torchrun
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.quiet:
             logging.getLogger().setLevel(logging.WARNING)
         if nproc > 1 and not under_torchrun() and not cfg.dry_run:
-            return relaunch_under_torchrun("nas.cli", nproc, rest)
+            return relaunch_under_torchrun("nas.cli.search", nproc, rest)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C
         return run(cfg)
     except StorageUnavailable as exc:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .imagefolder import FolderSplit, list_image_folder
-from .readers import DataError, make_synthetic, read_cifar, read_digits, read_idx_pair
+from nas.proxy.imagefolder import FolderSplit, list_image_folder
+from nas.proxy.readers import DataError, make_synthetic, read_cifar, read_digits, read_idx_pair
 
 __all__ = ["DATASETS", "DataError", "DataConfig", "ProxyData", "TensorSplit", "load_data", "stratified_split"]
 

@@ -20,9 +20,10 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from . import blocks, builder, weights
-from .builder import Network, resolve
-from .spec import ArchSpec, round_repeats
+from search_spaces import blocks, builder
+from search_spaces.interop import weights
+from search_spaces.builder import Network, resolve
+from search_spaces.spec import ArchSpec, round_repeats
 
 __all__ = ["FORMATS", "ONNX_OPSET", "TOLERANCE", "ROUNDING_FACTOR", "ExportError", "ExportCheckFailed", "Agreement",
            "atomic_write", "check_agreement", "export_onnx", "export_torchscript", "python_source", "timm_arch_def",

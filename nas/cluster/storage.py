@@ -10,7 +10,7 @@ Accepted values: ``journal:PATH`` or a path ending in ``.journal``/``.log`` (jou
 
 Every storage but ``memory`` has a heartbeat: a running trial whose worker stops renewing it
 (killed, preempted, cut off) is failed after the grace period and queued again for the surviving
-workers (``nas.lease``: Optuna's heartbeat on RDB storages, leases on the journal file).
+workers (``nas.cluster.lease``: Optuna's heartbeat on RDB storages, leases on the journal file).
 RDB calls that fail because the database went away are retried with exponential backoff for up
 to ``retry_seconds``; after that ``StorageUnavailable`` says so, with any password masked.
 Environment overrides (for tests and impatient clusters): ``NAS_HEARTBEAT_SECONDS``,
@@ -31,8 +31,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from .config import ConfigError, mask_url
-from .lease import LeasedJournalStorage, LeaseWatch, RetryStaleTrial
+from nas.config import ConfigError, mask_url
+from nas.cluster.lease import LeasedJournalStorage, LeaseWatch, RetryStaleTrial
 
 __all__ = ["HEARTBEAT_SECONDS", "GRACE_SECONDS", "RETRY_SECONDS", "MAX_RETRY", "StorageUnavailable", "is_journal",
            "is_transient", "retry_call", "ResilientRDBStorage", "open_storage"]

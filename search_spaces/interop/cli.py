@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .builder import Network, build_model
-from .export import (FORMATS, ONNX_OPSET, ExportCheckFailed, ExportError, atomic_write, export_onnx,
+from search_spaces.builder import Network, build_model
+from search_spaces.interop.export import (FORMATS, ONNX_OPSET, ExportCheckFailed, ExportError, atomic_write, export_onnx,
                      export_torchscript, python_source, timm_source)
-from .presets import list_presets, resolve_arch
-from .spec import ArchSpec, SpecError
-from .weights import FORMATS as WEIGHT_FORMATS
-from .weights import PADDINGS, WeightsError, from_native, has_tf_padding, pretrained_model, use_tf_padding
+from search_spaces.presets import list_presets, resolve_arch
+from search_spaces.spec import ArchSpec, SpecError
+from search_spaces.interop.weights import FORMATS as WEIGHT_FORMATS
+from search_spaces.interop.weights import PADDINGS, WeightsError, from_native, has_tf_padding, pretrained_model, use_tf_padding
 
 PROG = "nas-export"
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import ProxyData
-from .distributed import DistInfo, all_reduce_sum, average_bn_statistics
+from nas.proxy.data import ProxyData
+from nas.proxy.distributed import DistInfo, all_reduce_sum, average_bn_statistics
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from nas.proxy.train import TrainConfig
 
 __all__ = ["autocast", "recalibrate_bn", "evaluate"]
 

@@ -1,0 +1,144 @@
+"""The Optuna study: samplers and pruners by name, seeds, opening or resuming a study, queued seed networks."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search_spaces import ArchSpec, count_cost
+from search_spaces.space import SearchSpace
+
+from nas.config import ConfigError
+
+from nas.search.config import SearchConfig
+from nas.cluster.lease import CLAIM_ATTR
+from nas.search.reward import reward
+
+def make_sampler(name: str, seed: int | None, n_startup: int = 10) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
+                                              n_startup_trials=n_startup)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+        if name == "rl":
+            from nas.search.rl_sampler import RLSampler
+
+            return RLSampler(seed=seed)
+    raise ConfigError(f"--sampler must be one of tpe, random, nsga2, gp, rl, but got {name!r}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner must be one of hyperband, median, none, but got {name!r}")
+
+
+def worker_index() -> int:
+    """This worker's index from the launcher (SLURM array / task, Kubernetes indexed job), else 0."""
+    for var in ("NAS_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "JOB_COMPLETION_INDEX"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def sampler_seed(seed: int, study: optuna.Study | None = None, slot: int | None = None) -> int:
+    """Distinct per worker: ``seed`` for a lone worker, mixed with the worker's index otherwise.
+
+    ``slot`` is the worker's slot in the study (``nas.cluster.workers.register_worker``: distinct among the
+    live workers of a study, 0 for a lone one): ``seed + 7919 * slot``. Without it, the launcher's
+    index, mixed with the pid when other trials are running.
+    """
+    if slot is not None:
+        return seed + 7919 * slot
+    index = worker_index()
+    others = study is not None and bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return seed + 7919 * index + (os.getpid() if others and index == 0 else 0)
+
+
+def study_directions(cfg: SearchConfig) -> list[str]:
+    return ["maximize", "minimize"] if cfg.sampler == "nsga2" else ["maximize"]
+
+
+def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
+    """What a resumed ``nas-search`` study must agree on."""
+    settings = {"space_digest": space.digest(), "target_flops": cfg.target_flops, "resolution": cfg.resolution,
+                "reward": cfg.reward, "reward_exponent": cfg.reward_exponent, "dataset": cfg.dataset}
+    if cfg.proxy != "train":  # absent from studies made before these options: such a study resumes
+        settings["proxy"] = cfg.proxy
+    if cfg.cost != "macs":
+        settings.update(cost=cfg.cost, target_latency=cfg.target_latency)
+    return settings
+
+
+def open_study(name: str, storage: Any, directions: list[str], settings: dict[str, Any],
+               sampler: optuna.samplers.BaseSampler | Callable[[optuna.Study], optuna.samplers.BaseSampler],
+               pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """Create or resume the study ``name``; refuse to resume one made with other settings.
+
+    ``settings`` are stored as study attributes on creation and compared on resume. ``sampler``
+    may be a function of the (probed) study, to seed each worker differently.
+
+    Raises:
+        ConfigError: the existing study has other directions or settings (it is left untouched).
+    """
+    try:  # loading writes nothing, so a refused resume leaves the study exactly as it was
+        probe = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        probe = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
+        for key, value in settings.items():
+            probe.set_user_attr(key, value)
+    existing = [d.name.lower() for d in probe.directions]
+    if existing != directions:
+        raise ConfigError(f"study {name!r} exists with directions {existing}, but this run needs "
+                          f"{directions}; use another --study-name")
+    attrs = probe.user_attrs
+    for key, value in settings.items():
+        if key in attrs and attrs[key] != value:
+            raise ConfigError(f"study {name!r} was made with {key}={attrs[key]!r}, but this run has "
+                              f"{key}={value!r}; use another --study-name or --out")
+    if callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):
+        sampler = sampler(probe)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def enqueue_seeds(study: optuna.Study, space: SearchSpace, archs: list[ArchSpec]) -> None:
+    """Queue known networks as the first trials (skipped if the study already has them)."""
+    for arch in archs:
+        study.enqueue_trial(space.encode(arch), user_attrs={"seed_arch": arch.name}, skip_if_exists=True)
+
+
+def prescreen(space: SearchSpace, cfg: SearchConfig, score: Callable[[ArchSpec], float],
+              in_band: Callable[[ArchSpec], bool]) -> list[tuple[float, ArchSpec]]:
+    """``--prescreen K:k``: the best k of K distinct random architectures in the cost band, by ``score``.
+
+    The sample is seeded by ``cfg.seed`` alone, so every worker would draw the same one.
+    """
+    many, keep = cfg.prescreen_counts
+    draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    archs: dict[str, ArchSpec] = {}
+    for _ in range(200 * many):
+        arch = space.sample(draw.ask())
+        if arch.to_str() not in archs and in_band(arch):
+            archs[arch.to_str()] = arch
+            if len(archs) == many:
+                break
+    scored = [(score(a), a) for a in archs.values()]
+    scored = [(s, a) for s, a in scored if math.isfinite(s)]
+    return sorted(scored, key=lambda sa: -sa[0])[:keep]
