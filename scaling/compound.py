@@ -12,16 +12,22 @@ official EfficientNet resolution, 224..600, is a multiple of 4).
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from search_spaces import ArchSpec, count_cost
+import numpy as np
 
-__all__ = ["TARGET_PRODUCT", "ScalingError", "Coefficients", "Grid", "Candidate", "round_resolution",
+from search_spaces import ArchSpec, SpecError, count_cost
+from search_spaces.limits import check_size
+
+__all__ = ["TARGET_PRODUCT", "MAX_GRID_VALUES", "MAX_FEASIBLE", "ScalingError", "Coefficients", "Grid", "Candidate", "round_resolution",
            "scale_arch", "compound_arch", "cost_candidates", "space_filling_order", "proxy_resolution"]
 
 TARGET_PRODUCT = 2.0  # φ = 1: "twice the resources"
+MAX_GRID_VALUES = 1_001  # per coefficient: step 0.001 at --max 2
+MAX_FEASIBLE = 100_000  # candidates costed and ordered; --max-candidates then picks the ones trained
 _DIGITS = 6  # multipliers are kept to 6 decimals: 1.1 * 1.2 must stay 1.32, not 1.3200000000000003
 
 
@@ -84,27 +90,63 @@ class Grid:
         return tuple(round(1 + i * self.step, 10) for i in range(count + 1))
 
     def points(self) -> Iterable[Coefficients]:
-        values = self.values()
+        values = self._checked_values()
         return (Coefficients(a, b, g) for a in values for b in values for g in values)
+
+    def _checked_values(self) -> tuple[float, ...]:
+        """``values()``, refused when there are more than ``MAX_GRID_VALUES`` of them (before any is made)."""
+        count = math.floor((self.max - 1) / self.step + 1e-9) + 1
+        if count > MAX_GRID_VALUES:
+            raise ScalingError(
+                f"--step {self.step:g} with --max {self.max:g} gives {count:,} values per coefficient, more than the "
+                f"{MAX_GRID_VALUES:,} this grid search handles: raise --step (0.001 or more at --max 2) or lower --max")
+        return self.values()
 
     def feasible(self) -> tuple[Coefficients, ...]:
         """Every grid point within ``tolerance`` of the target product, in (α, β, γ) order.
 
+        Only the γ values that can meet the tolerance are visited for each (α, β), so the work grows
+        with the number of values squared plus the number of feasible points, not with its cube.
+
         Raises:
-            ScalingError: no grid point is within the tolerance (the message names the nearest products).
+            ScalingError: no grid point is within the tolerance (the message names the nearest products), or
+                more than ``MAX_FEASIBLE`` are.
         """
-        found = tuple(c for c in self.points() if abs(c.product - self.target) <= self.tolerance + 1e-12)
+        values = self._checked_values()
+        squares = [g * g for g in values]
+        found: list[Coefficients] = []
+        slack = self.tolerance + 1e-12
+        for a in values:
+            for b in values:
+                ab = a * b ** 2
+                lo = bisect.bisect_left(squares, (self.target - slack) / ab * (1 - 1e-9))
+                hi = bisect.bisect_right(squares, (self.target + slack) / ab * (1 + 1e-9))
+                for g in values[lo:hi]:
+                    c = Coefficients(a, b, g)
+                    if abs(c.product - self.target) <= slack:
+                        found.append(c)
+                if len(found) > MAX_FEASIBLE:
+                    raise ScalingError(
+                        f"the grid (--step {self.step:g}, --max {self.max:g}, --tolerance {self.tolerance:g}) has more "
+                        f"than {MAX_FEASIBLE:,} candidates: raise --step or lower --tolerance")
         if not found:
             near = ", ".join(f"{c.product:.4f} at ({c.alpha:g}, {c.beta:g}, {c.gamma:g})" for c in self.nearest(3))
             raise ScalingError(
                 f"--tolerance {self.tolerance:g} leaves no candidate: no grid point (step {self.step:g}, max "
                 f"{self.max:g}) has |alpha*beta^2*gamma^2 - {self.target:g}| <= {self.tolerance:g}; "
                 f"nearest products: {near}")
-        return found
+        return tuple(found)
 
     def nearest(self, n: int = 3) -> list[Coefficients]:
-        """The ``n`` grid points whose product is nearest the target."""
-        return sorted(self.points(), key=lambda c: (abs(c.product - self.target), c.as_tuple()))[:n]
+        """The ``n`` grid points whose product is nearest the target (two γ candidates per (α, β) suffice)."""
+        values = self._checked_values()
+        squares = [g * g for g in values]
+        near: list[Coefficients] = []
+        for a in values:
+            for b in values:
+                i = bisect.bisect_left(squares, self.target / (a * b ** 2))
+                near.extend(Coefficients(a, b, values[j]) for j in (i - 1, i) if 0 <= j < len(values))
+        return sorted(near, key=lambda c: (abs(c.product - self.target), c.as_tuple()))[:n]
 
 
 def round_resolution(pixels: float, multiple: int = 4) -> int:
@@ -133,7 +175,12 @@ def scale_arch(base: ArchSpec, depth: float, width: float, resolution: int, name
         changes["dropout"] = dropout
     if drop_connect is not None:
         changes["drop_connect"] = drop_connect
-    return base.replace(**changes)
+    try:
+        scaled = base.replace(**changes)
+        check_size(scaled)
+    except SpecError as exc:  # e.g. --alpha 1e6: refused before a layer list is made
+        raise ScalingError(f"scaled by depth {depth:g}, width {width:g}: {exc}") from None
+    return scaled
 
 
 def compound_arch(base: ArchSpec, coefficients: Coefficients, phi: int, resolution_multiple: int = 4,
@@ -186,15 +233,27 @@ def space_filling_order(points: Sequence[Coefficients]) -> list[int]:
         shares.append(tuple(x / total for x in logs))
     tie = [(abs(c.product - TARGET_PRODUCT), c.as_tuple()) for c in points]
     first = min(range(len(points)), key=lambda i: (sum((s - 1 / 3) ** 2 for s in shares[i]), tie[i]))
-    order, left = [first], set(range(len(points))) - {first}
-    gap = {i: _dist2(shares[i], shares[first]) for i in left}
-    while left:
-        nxt = max(left, key=lambda i: (round(gap[i], 12), -tie[i][0], tuple(-v for v in tie[i][1])))
+    s = np.array(shares, dtype=np.float64).reshape(len(points), 3)
+    gap = _dist2_to(s, s[first])
+    taken = np.zeros(len(points), dtype=bool)
+    taken[first] = True
+    gap[first] = -np.inf
+    order = [first]
+    for _ in range(len(points) - 1):
+        # the farthest point; near-ties (within rounding to 12 decimals) are settled by the exact key
+        best = float(gap.max())
+        near = np.flatnonzero(gap >= best - 1e-11)
+        nxt = int(max(near, key=lambda i: (round(float(gap[i]), 12), -tie[i][0], tuple(-v for v in tie[i][1]))))
         order.append(nxt)
-        left.discard(nxt)
-        for i in left:
-            gap[i] = min(gap[i], _dist2(shares[i], shares[nxt]))
+        taken[nxt] = True
+        np.minimum(gap, _dist2_to(s, s[nxt]), out=gap)
+        gap[taken] = -np.inf
     return order
+
+
+def _dist2_to(s: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Squared distances of the rows of ``s`` to ``p``, summed in the order ``_dist2`` sums them."""
+    return (s[:, 0] - p[0]) ** 2 + (s[:, 1] - p[1]) ** 2 + (s[:, 2] - p[2]) ** 2
 
 
 def _dist2(a: tuple[float, ...], b: tuple[float, ...]) -> float:
