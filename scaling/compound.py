@@ -22,7 +22,8 @@ import numpy as np
 from search_spaces import ArchSpec, SpecError, count_cost
 from search_spaces.limits import check_size
 
-__all__ = ["TARGET_PRODUCT", "MAX_GRID_VALUES", "MAX_FEASIBLE", "ScalingError", "Coefficients", "Grid", "Candidate", "round_resolution",
+__all__ = ["TARGET_PRODUCT", "MAX_GRID_VALUES", "MAX_FEASIBLE",
+           "ScalingError", "Coefficients", "Grid", "Candidate", "round_resolution",
            "scale_arch", "compound_arch", "cost_candidates", "space_filling_order", "proxy_resolution"]
 
 TARGET_PRODUCT = 2.0  # φ = 1: "twice the resources"
