@@ -14,10 +14,13 @@ and the outputs written at the end; s/trial is the median wall time of one train
 "not training" the part of it outside ``train_proxy``: sampling (TPE's cost grows with the
 trials in the study), the storage, the claim lock and building the network.
 The machine's other load is printed alongside (load average), since it moves every figure.
+Each lost trial (failed with its worker mid-training, no finished retry) is printed with its
+attributes and the history of its retries, so that a loss explains itself.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -36,12 +39,13 @@ def run_workers(storage: str, study: str, trials: int, n_workers: int, out: Path
     """``n_workers`` nas-search processes on one study; the study's figures."""
     import optuna
 
-    from nas.cluster.workers import study_health
+    from nas.cluster.workers import lost_trials, study_health
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [*ONE_BATCH, "--trials", str(trials), "--storage", storage, "--study-name", study]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "nas.cli.search", *args, "--out", str(out / f"{study}-{i}")], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "nas.cli.search", *args, "--out", str(out / f"{study}-{i}")],
+                              env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(n_workers)]
     errors = [p.communicate()[1] for p in procs]
     wall = time.perf_counter() - t0
@@ -50,6 +54,11 @@ def run_workers(storage: str, study: str, trials: int, n_workers: int, out: Path
         raise SystemExit(f"a worker failed: {bad[0]}")
     s = optuna.load_study(study_name=study, storage=storage)
     figures = study_health(s)
+    lost = lost_trials(s.get_trials(deepcopy=False))
+    for t in lost:
+        print(f"lost in study {study!r}: " + describe(t, s.get_trials(deepcopy=False)), file=sys.stderr)
+    for note in (line for e in errors for line in e.splitlines() if lost and "stale" in line):
+        print(f"  worker said: {note}", file=sys.stderr)
     finished = [t for t in s.get_trials(deepcopy=False) if t.datetime_complete and t.datetime_start]
     span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
     done = [t for t in finished if t.user_attrs.get("trained") and t.user_attrs.get("seconds") is not None]
@@ -58,6 +67,19 @@ def run_workers(storage: str, study: str, trials: int, n_workers: int, out: Path
     return {**figures, "stale": figures["running"], "workers": n_workers, "wall_s": wall, "span_s": span,
             "per_min": figures["trained"] / span * 60, "over": figures["trained"] - trials,
             "trial_s": trained[len(trained) // 2], "outside_s": outside[len(outside) // 2]}
+
+
+def describe(trial, trials) -> str:
+    """One lost trial: its state, times, attributes, and every trial of its retry series."""
+    def line(t) -> str:
+        times = f"{t.datetime_start:%H:%M:%S.%f}"[:-3] if t.datetime_start else "-"
+        times += f" .. {t.datetime_complete:%H:%M:%S.%f}"[:-3] if t.datetime_complete else " .. (not finished)"
+        return (f"trial {t.number} {t.state.name} {times} user_attrs={json.dumps(t.user_attrs, default=str)} "
+                f"system_attrs={json.dumps(t.system_attrs, default=str)}")
+    series = [t for t in trials if t.number != trial.number and (
+        t.user_attrs.get("retry_of") in (trial.number, trial.user_attrs.get("retry_of"))
+        or trial.number in t.system_attrs.get("retry_history", []))]
+    return "\n  ".join([line(trial), *(f"series: {line(t)}" for t in series)])
 
 
 def main() -> None:
@@ -96,7 +118,8 @@ def main() -> None:
     for r in runs:
         ratio = f"{r['per_min'] / one['per_min']:.2f}x" if one else "-"
         print(f"{r['workers']:>7} {r['trained']:>7} {r['trials']:>6} {r['over']:>4} {r['lost']:>4} "
-              f"{r['duplicated']:>4} {r['stale']:>5} {r['trial_s']:>7.2f} {r['outside_s']:>12.2f} {r['span_s']:>7.1f} {r['wall_s']:>7.1f} "
+              f"{r['duplicated']:>4} {r['stale']:>5} {r['trial_s']:>7.2f} {r['outside_s']:>12.2f} {r['span_s']:>7.1f} "
+              f"{r['wall_s']:>7.1f} "
               f"{r['per_min']:>10.1f} {ratio:>11}")
 
 

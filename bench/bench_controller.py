@@ -16,8 +16,8 @@ from pathlib import Path
 
 import optuna
 
-from nas.search.study import make_sampler
 from nas.cluster.storage import open_storage
+from nas.search.study import make_sampler
 from search_spaces import count_cost, default_space
 
 

@@ -4,7 +4,7 @@ the paper's α^φ rule against the official table.
     python bench/bench_grid.py [--base efficientnet-b0] [--repeat 5]
 
 Prints (1) the time to enumerate, order and cost the full default grid (step 0.05, 1..2,
-tolerance 0.1); (2) official-mode B1..B7 of B0 against REFERENCE.md §2 parameter counts, as
+tolerance 0.1); (2) official-mode B1..B7 of B0 against docs/reference.md §2 parameter counts, as
 ratios; (3) compound mode with the paper's (1.2, 1.1, 1.15) beside the official table, with the φ
 each official model implies per dimension (ln d / ln α, ln w / ln β, ln(r / 224) / ln γ).
 """
@@ -17,10 +17,10 @@ import time
 from scaling import PHIS, Coefficients, Grid, cost_candidates, make_family
 from search_spaces import count_cost, resolve_arch
 
-# REFERENCE.md section 2: exact parameter counts (timm, torchvision, efficientnet_pytorch).
+# docs/reference.md section 2: exact parameter counts (timm, torchvision, efficientnet_pytorch).
 REFERENCE_PARAMS = {1: 7_794_184, 2: 9_109_994, 3: 12_233_232, 4: 19_341_616, 5: 30_389_784, 6: 43_040_704,
                     7: 66_347_960}
-PAPER = Coefficients(1.2, 1.1, 1.15)  # REFERENCE.md section 4
+PAPER = Coefficients(1.2, 1.1, 1.15)  # docs/reference.md section 4
 
 
 def time_grid(base, repeat: int) -> None:
@@ -40,7 +40,7 @@ def time_grid(base, repeat: int) -> None:
 
 
 def official_vs_reference(base) -> None:
-    print("\nofficial mode on efficientnet-b0 vs REFERENCE.md section 2 (params)")
+    print("\nofficial mode on efficientnet-b0 vs docs/reference.md section 2 (params)")
     print(f"{'phi':>3} {'reference':>11} {'effnas':>11} {'ratio':>9}")
     for v in make_family(base, PHIS, "official"):
         print(f"{v.phi:>3} {REFERENCE_PARAMS[v.phi]:>11,} {v.params:>11,} {v.params / REFERENCE_PARAMS[v.phi]:9.6f}")

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from search_spaces.latency import CALIBRATION_PRESETS, LatencyTable, measure_latency  # noqa: E402
 from search_spaces import ArchSpec, build_model, default_space  # noqa: E402
+from search_spaces.latency import CALIBRATION_PRESETS, LatencyTable, measure_latency  # noqa: E402
 
 
 def sample_archs(n: int, seed: int) -> list[ArchSpec]:

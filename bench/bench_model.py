@@ -53,7 +53,8 @@ def make_step(model: nn.Module, fmt: torch.memory_format, seed: int) -> Callable
 
 
 def profile(step: Callable[[], None], label: str, rows: int = 12) -> None:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         step()

@@ -16,9 +16,9 @@ import statistics
 
 import optuna
 
-from nas.search.study import make_sampler
 from nas.search.reward import reward
 from nas.search.rl_sampler import RLSampler
+from nas.search.study import make_sampler
 from search_spaces import ArchSpec, count_cost, default_space, get_preset
 
 TARGET = 400e6

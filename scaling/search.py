@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.cluster.trials import counted
-
 from nas.search.objective import worker_label
-
 from scaling.compound import Candidate
 
-__all__ = ["CandidateSampler", "StopAtCandidates", "CandidateTrainer", "Evaluate", "SearchSettings", "claims", "next_candidate",
-           "run_search", "collect", "choose", "study_settings"]
+if TYPE_CHECKING:
+    from nas.cluster.locks import StudyLock
+    from nas.proxy.data import DataConfig, ProxyData
+    from nas.proxy.train import TrainConfig, TrainResult
+    from search_spaces import ArchSpec
+
+__all__ = ["CandidateSampler", "StopAtCandidates", "CandidateTrainer", "Evaluate", "SearchSettings", "claims",
+           "next_candidate", "run_search", "collect", "choose", "study_settings"]
 
 log = logging.getLogger("nas-grid-scale")
 
@@ -34,16 +39,18 @@ log = logging.getLogger("nas-grid-scale")
 def claims(trials: Sequence[FrozenTrial], number: int | None = None) -> tuple[set[int], set[int]]:
     """``(done, running)`` candidate indices over ``trials`` other than trial ``number``.
 
-    Done: evaluated (trained to the end or pruned while training) or failed. A trial pruned
-    untrained (a duplicate claim) leaves its candidate free; a failed trial of a lost worker is
-    queued again by the storage's lease (``nas.cluster.lease``) with its candidate fixed.
+    Done: evaluated (trained to the end or pruned while training). A trial pruned untrained (a
+    duplicate claim) leaves its candidate free, and so does a failed one: a candidate whose worker
+    was killed is trained again (as ``nas-search`` retrains a killed trial), by the retry the
+    storage's lease queues with the candidate fixed (``nas.cluster.lease``) or, failing that, by
+    the next trial the sampler hands it to.
     """
     done, running = set(), set()
     for t in trials:
         i = t.params.get("candidate")
         if i is None or t.number == number:
             continue
-        if counted(t) or t.state == TrialState.FAIL:
+        if counted(t):
             done.add(i)
         elif t.state == TrialState.RUNNING:
             running.add(i)
@@ -73,7 +80,8 @@ class CandidateSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
         return {}
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any) -> Any:
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str,
+                           distribution: BaseDistribution) -> int:
         return next_candidate(study.get_trials(deepcopy=False), self.n, trial.number)
 
 
@@ -107,18 +115,18 @@ class CandidateTrainer:
     """
 
     candidates: Sequence[Candidate]
-    data_config: Any  # nas.proxy.data.DataConfig; its resolution is replaced by the candidate's
-    train_config: Any  # nas.proxy.train.TrainConfig
-    _data: dict = field(default_factory=dict)
+    data_config: DataConfig  # its resolution is replaced by the candidate's
+    train_config: TrainConfig
+    _data: dict[int, ProxyData] = field(default_factory=dict)
 
-    def data(self, resolution: int) -> Any:
+    def data(self, resolution: int) -> ProxyData:
         from nas.proxy.data import load_data
 
         if resolution not in self._data:  # one load per distinct proxy resolution
             self._data[resolution] = load_data(replace(self.data_config, resolution=resolution))
         return self._data[resolution]
 
-    def __call__(self, arch: Any, trial: Any, seed: int) -> Any:
+    def __call__(self, arch: ArchSpec, trial: optuna.Trial | None, seed: int) -> TrainResult:
         import torch
 
         from nas.proxy.train import train_proxy
@@ -137,9 +145,9 @@ class Evaluate:
     """The trial function: claim the candidate the sampler picked and train it (``train(arch, trial, seed)``)."""
 
     candidates: Sequence[Candidate]
-    train: Any  # CandidateTrainer, or rank 0's view of it on every rank (nas.cluster.torchrun.Ranks.lead)
+    train: Callable[[ArchSpec, optuna.Trial | None, int], TrainResult]  # CandidateTrainer, or rank 0's view of it
     seed: int = 0
-    lock: Any = field(default_factory=nullcontext)  # nas.cluster.locks.StudyLock: workers claim candidates one at a time
+    lock: AbstractContextManager[object] = field(default_factory=nullcontext)  # StudyLock: candidates claimed in turn
     worker: str = field(default_factory=worker_label)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -178,18 +186,18 @@ class SearchSettings:
     quiet: bool = False
 
 
-def _digest(value: Any) -> str:
+def _digest(value: object) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
-def study_settings(base_yaml: str, candidates: Sequence[Candidate], proxy: dict[str, Any]) -> dict[str, Any]:
+def study_settings(base_yaml: str, candidates: Sequence[Candidate], proxy: dict[str, object]) -> dict[str, object]:
     """What a resumed study must agree on: the base, the candidates (in order) and the proxy task."""
     grid = [(c.coefficients.as_tuple(), c.arch.resolution, c.proxy_resolution) for c in candidates]
     return {"base_digest": _digest(base_yaml), "candidates_digest": _digest(grid), "candidates": len(grid), **proxy}
 
 
 def run_search(settings: SearchSettings, objective: Evaluate,
-               study_attrs: dict[str, Any]) -> tuple[dict[int, dict], bool, Any]:
+               study_attrs: dict[str, object]) -> tuple[dict[int, dict[str, object]], bool, StudyLock]:
     """Evaluate candidates until ``max_candidates`` (all workers together), the grid or the timeout runs out.
 
     Returns:
@@ -203,8 +211,8 @@ def run_search(settings: SearchSettings, objective: Evaluate,
     from nas.cluster import workers
     from nas.cluster.lease import RetryStaleTrial
     from nas.cluster.locks import StudyLock
-    from nas.search.progress import Progress
     from nas.cluster.storage import MAX_RETRY, is_journal, open_storage
+    from nas.search.progress import Progress
 
     n = len(objective.candidates)
     if is_journal(settings.storage):
@@ -232,9 +240,9 @@ def run_search(settings: SearchSettings, objective: Evaluate,
     return collect(study.get_trials(deepcopy=False)), interrupted, objective.lock
 
 
-def collect(trials: Sequence[FrozenTrial]) -> dict[int, dict]:
+def collect(trials: Sequence[FrozenTrial]) -> dict[int, dict[str, object]]:
     """Per candidate index: its first completed trial, else its first one pruned while training."""
-    rows: dict[int, dict] = {}
+    rows: dict[int, dict[str, object]] = {}
     for t in sorted(trials, key=lambda t: t.number):
         i = t.params.get("candidate")
         if i is None or not counted(t):  # skips duplicate claims pruned untrained

@@ -6,16 +6,15 @@
   the ``efficientnet-b{φ}`` presets and applied to the base (multipliers multiply the base's;
   resolution scales by ``res_φ / res_0``). Applied to ``efficientnet-b0`` it gives B1..B7 exactly.
 
-The official table is not ``(β^φ, α^φ, 224·γ^φ)`` (REFERENCE.md §2): compare the two modes.
+The official table is not ``(β^φ, α^φ, 224·γ^φ)`` (docs/reference.md §2): compare the two modes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
+from scaling.compound import TARGET_PRODUCT, Coefficients, ScalingError, compound_arch, scale_arch
 from search_spaces import ArchSpec, count_cost, get_preset
-
-from scaling.compound import Coefficients, ScalingError, TARGET_PRODUCT, compound_arch, scale_arch
 
 __all__ = ["MODES", "PHIS", "Variant", "official_row", "make_variant", "make_family", "variant_yaml"]
 

@@ -1,12 +1,14 @@
 """``nas-cost``: parameters and MACs of presets or architecture files, from the analytic cost model."""
 from __future__ import annotations
 
-import argparse
 import sys
 
+from nas.cli.common import EXIT_USAGE, Parser, error_exit
 from search_spaces.cost import CONVENTIONS, count_cost
 from search_spaces.presets import list_presets, resolve_arch
 from search_spaces.spec import SpecError
+
+PROG = "nas-cost"
 
 
 def cost_table(refs: list[str], resolution: int | None, convention: str) -> str:
@@ -19,20 +21,19 @@ def cost_table(refs: list[str], resolution: int | None, convention: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nas-cost", description=__doc__)
+    p = Parser(prog=PROG, description=__doc__)
     p.add_argument("archs", nargs="*", help="preset names or YAML files [all presets]")
     p.add_argument("--resolution", type=int, help="input size [each architecture's own]")
     p.add_argument("--convention", default="fvcore", choices=CONVENTIONS,
                    help="fvcore: FlopCountAnalysis total; paper: conv + FC MACs only")
     args = p.parse_args(argv)
     if args.resolution is not None and args.resolution < 1:
-        print(f"nas-cost: error: --resolution must be >= 1, but got {args.resolution}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: --resolution must be >= 1, but got {args.resolution}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         print(cost_table(args.archs or list(list_presets()), args.resolution, args.convention))
     except SpecError as exc:
-        print(f"nas-cost: error: {exc}", file=sys.stderr)
-        return 2
+        return error_exit(PROG, exc)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from search_spaces import yaml_safe
 from search_spaces.spec import ArchSpec, SpecError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -19,7 +20,19 @@ def get_preset(name: str) -> ArchSpec:
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise SpecError(f"unknown preset {name!r}, expected one of {list_presets()}")
-    return ArchSpec.from_yaml(path.read_text())
+    return _from_file(path)
+
+
+def _from_file(path: Path) -> ArchSpec:
+    """The architecture of the YAML file ``path``; errors name the file (``yaml_safe`` reads it)."""
+    try:
+        text = yaml_safe.read_text(path)
+    except yaml_safe.YamlError as exc:
+        raise SpecError(f"architecture file {exc}") from None
+    try:
+        return ArchSpec.from_yaml(text)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
 
 
 def load_arch(path_or_yaml_text: str | Path) -> ArchSpec:
@@ -34,10 +47,7 @@ def load_arch(path_or_yaml_text: str | Path) -> ArchSpec:
     path = Path(text)
     if not path.is_file():
         raise SpecError(f"architecture file {text!r} does not exist (expected a YAML file or YAML text)")
-    try:
-        return ArchSpec.from_yaml(path.read_text())
-    except SpecError as exc:
-        raise SpecError(f"{text}: {exc}") from None
+    return _from_file(path)
 
 
 def resolve_arch(ref: str | Path) -> ArchSpec:

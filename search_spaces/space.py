@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from search_spaces import yaml_safe
 from search_spaces.spec import SKIPS, ArchSpec, SpecError, StageSpec
 
 SPACE_DIR = Path(__file__).parent / "spaces"
@@ -43,6 +42,12 @@ def _stage_op(stage: StageSpec) -> str:
     return f"mbconv{stage.expansion}" if stage.op == "mbconv" else stage.op
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class StageChoices:
     stride: int
@@ -57,12 +62,16 @@ class StageChoices:
         return math.prod(len(getattr(self, k)) for k in _CHOICE_KEYS)
 
 
-def _check_choices(i: int, key: str, values: Any) -> tuple:
+def _check_choices(i: int, key: str, values: object) -> tuple:
     where = f"stage {i} {key}"
     if not isinstance(values, list) or not values:
-        raise SpaceError(f"{where} must be a non-empty list, but got {values!r}")
+        raise SpaceError(f"{where} must be a non-empty list, but got {_short(values)}")
+    nested = next((v for v in values if isinstance(v, (list, dict))), None)
+    if nested is not None:
+        raise SpaceError(f"{where}: bad value {_short(nested)}, expected a list of plain values (no nested lists "
+                         "or mappings)")
     if len(set(values)) != len(values):
-        raise SpaceError(f"{where} has duplicates: {values!r}")
+        raise SpaceError(f"{where} has duplicates: {_short(values)}")
     for v in values:
         ok = {
             "ops": isinstance(v, str) and bool(_OP_RE.fullmatch(v)) and _op_to_stage(v)[1] >= 1,
@@ -92,32 +101,32 @@ class SearchSpace:
     @classmethod
     def from_yaml(cls, text: str) -> "SearchSpace":
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpaceError(f"space YAML does not parse: {str(exc).splitlines()[0]}") from None
+            data = yaml_safe.load(text)
+        except yaml_safe.YamlError as exc:
+            raise SpaceError(f"space {exc}") from None
         if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
             raise SpaceError("a space needs 'stages': a non-empty list of stage mappings")
         allowed = {"name", "choices", "stages", *_FIXED_KEYS}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(str(k) for k in set(data) - allowed)
         if unknown:
             raise SpaceError(f"unknown space key {unknown[0]!r}, expected one of {sorted(allowed)}")
         common = data.get("choices") or {}
         if not isinstance(common, dict):
-            raise SpaceError(f"'choices' must be a mapping of {_CHOICE_KEYS} lists, but got {common!r}")
+            raise SpaceError(f"'choices' must be a mapping of {_CHOICE_KEYS} lists, but got {_short(common)}")
         stages = []
         for i, raw in enumerate(data["stages"], 1):
             if not isinstance(raw, dict):
-                raise SpaceError(f"stage {i} must be a mapping, but got {raw!r}")
+                raise SpaceError(f"stage {i} must be a mapping, but got {_short(raw)}")
             merged = {**common, **raw}
-            bad = sorted(set(merged) - {"stride", *_CHOICE_KEYS})
+            bad = sorted(str(k) for k in set(merged) - {"stride", *_CHOICE_KEYS})
             if bad:
                 raise SpaceError(f"stage {i}: unknown key {bad[0]!r}, expected stride or one of {_CHOICE_KEYS}")
             missing = [k for k in _CHOICE_KEYS if k not in merged]
             if missing:
                 raise SpaceError(f"stage {i}: missing {missing[0]!r}")
             stride = merged.get("stride", 1)
-            if isinstance(stride, bool) or stride not in (1, 2):
-                raise SpaceError(f"stage {i} stride must be 1 or 2, but got {stride!r}")
+            if not isinstance(stride, int) or isinstance(stride, bool) or stride not in (1, 2):
+                raise SpaceError(f"stage {i} stride must be 1 or 2, but got {_short(stride)}")
             stages.append(StageChoices(stride, *(_check_choices(i, k, merged[k]) for k in _CHOICE_KEYS)))
         try:  # the fixed settings must make a valid architecture (typed as ArchSpec reads them)
             probe = ArchSpec.from_dict({"stages": [StageSpec(stride=s.stride).to_str() for s in stages],
@@ -125,7 +134,10 @@ class SearchSpace:
         except (SpecError, TypeError) as exc:
             raise SpaceError(f"space settings are invalid: {exc}") from None
         fixed = tuple((k, getattr(probe, k)) for k in _FIXED_KEYS if k in data)
-        return cls(str(data.get("name", "custom")), tuple(stages), fixed, text)
+        name = data.get("name", "custom")
+        if not isinstance(name, str):
+            raise SpaceError(f"the space's name must be a string, but got {_short(name)}")
+        return cls(name, tuple(stages), fixed, text)
 
     @classmethod
     def load(cls, path_or_name: str | Path) -> "SearchSpace":
@@ -135,10 +147,13 @@ class SearchSpace:
             bundled = SPACE_DIR / f"{path_or_name}.yaml"
             if not bundled.is_file():
                 names = sorted(q.stem for q in SPACE_DIR.glob("*.yaml"))
-                raise SpaceError(f"space file {str(path_or_name)!r} does not exist (expected a YAML file or one of {names})")
+                raise SpaceError(f"space file {str(path_or_name)!r} does not exist (expected a YAML file or one of "
+                                 f"{names})")
             p = bundled
         try:
-            return cls.from_yaml(p.read_text())
+            return cls.from_yaml(yaml_safe.read_text(p))
+        except yaml_safe.YamlError as exc:
+            raise SpaceError(f"space file {exc}") from None
         except SpaceError as exc:
             raise SpaceError(f"{p}: {exc}") from None
 

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from search_spaces import yaml_safe
 
 OPS = ("mbconv", "dsconv", "conv")
 SKIPS = ("identity", "pool", "none")
@@ -229,8 +229,8 @@ class ArchSpec:
         return dataclasses.replace(self, **changes)
 
     # -- YAML -----------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name} if self.name else {}
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"name": self.name} if self.name else {}
         d["stem_channels"] = self.stem_channels
         d["stages"] = list(self.stage_strings())
         for f in dataclasses.fields(self):
@@ -239,10 +239,10 @@ class ArchSpec:
         return d
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+        return yaml_safe.dump(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ArchSpec":
+    def from_dict(cls, data: object) -> "ArchSpec":
         if not isinstance(data, dict):
             raise SpecError(f"an architecture mapping with a 'stages' list was expected, but got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -264,14 +264,13 @@ class ArchSpec:
     @classmethod
     def from_yaml(cls, text: str) -> "ArchSpec":
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SpecError(f"architecture YAML does not parse: {first}") from None
+            data = yaml_safe.load(text)
+        except yaml_safe.YamlError as exc:
+            raise SpecError(f"architecture {exc}") from None
         return cls.from_dict(data)
 
 
-def _as_number(key: str, value: Any, kind: type) -> Any:
+def _as_number(key: str, value: object, kind: type[int] | type[float]) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or (kind is int and value != int(value)):
         raise SpecError(f"{key} must be {'an integer' if kind is int else 'a number'}, but got {key}={value!r}")

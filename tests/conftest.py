@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import pytest
-
 import pg
+import pytest
 import torch
 
 # Quick trials: digits at 16 px, a few hundred training images, one epoch (a couple of seconds).
@@ -59,7 +58,8 @@ class Workers:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir, self.procs = log_dir, []
 
-    def start(self, args: list[str], env: dict[str, str] | None = None, module: str = "nas.cli.search") -> subprocess.Popen:
+    def start(self, args: list[str], env: dict[str, str] | None = None,
+              module: str = "nas.cli.search") -> subprocess.Popen:
         index = len(self.procs)
         log = open(self.log_dir / f"worker{index}.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,

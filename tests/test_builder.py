@@ -13,7 +13,7 @@ from search_spaces.blocks import DropPath, SqueezeExcite
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# REFERENCE.md section 2 (timm / torchvision / efficientnet_pytorch); torchvision mobilenet_v2;
+# docs/reference.md section 2 (timm / torchvision / efficientnet_pytorch); torchvision mobilenet_v2;
 # timm semnasnet_100. Every preset needs an entry here, or test_preset_param_count fails.
 REFERENCE_PARAMS = {
     "efficientnet-b0": 5_288_548,
@@ -27,12 +27,12 @@ REFERENCE_PARAMS = {
     "mobilenetv2": 3_504_872,
     "mnasnet-a1": 3_887_038,
 }
-# REFERENCE.md section 2: dropout before the classifier.
+# docs/reference.md section 2: dropout before the classifier.
 REFERENCE_DROPOUT = {"efficientnet-b0": 0.2, "efficientnet-b1": 0.2, "efficientnet-b2": 0.3,
                      "efficientnet-b3": 0.3, "efficientnet-b4": 0.4, "efficientnet-b5": 0.4,
                      "efficientnet-b6": 0.5, "efficientnet-b7": 0.5}
 
-# REFERENCE.md section 1, stages 2..8: (out channels, layers, stride, kernel, expansion, input resolution).
+# docs/reference.md section 1, stages 2..8: (out channels, layers, stride, kernel, expansion, input resolution).
 B0_TABLE = (
     (16, 1, 1, 3, 1, 112),
     (24, 2, 2, 3, 6, 112),
@@ -132,7 +132,7 @@ def test_efficientnet_layers_match_efficientnet_pytorch(index: int) -> None:
     assert _num_params(build_model(get_preset(name))) == _num_params(ref)
 
 
-# --- EfficientNet-B0 structure (REFERENCE.md section 1) -----------------------------------------
+# --- EfficientNet-B0 structure (docs/reference.md section 1) -----------------------------------------
 
 def test_b0_resolved_stages() -> None:
     r = resolve(get_preset("efficientnet-b0"))

@@ -16,6 +16,7 @@ import pytest
 from conftest import FAST, assert_leaderboard_matches, audit
 from pg import PASSWORD
 
+from nas.cluster.optuna_private import study_system_attrs
 from nas.cluster.storage import open_storage
 
 TRIALS, N_WORKERS = 5, 3
@@ -46,7 +47,7 @@ def run_three(workers, storage: str, out: Path, extra: list[str], trials: int = 
 def check_workers(logs: list[str], study: optuna.Study) -> None:
     slots = sorted(int(re.search(r"worker slot (\d+)", log).group(1)) for log in logs)
     assert slots == list(range(N_WORKERS))  # distinct slots, hence distinct sampler seeds
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = study_system_attrs(study)
     assert all(attrs[f"nas:worker:{k}"].get("ended") for k in slots)  # each released its slot on the way out
 
 
@@ -133,3 +134,64 @@ def test_nproc_per_node_must_be_a_count():
     from nas.cli.search import main
 
     assert main(["--nproc-per-node", "two", "--dry-run"]) == 2
+
+
+def test_a_pruned_trial_is_valued_by_its_reward_not_its_accuracy():
+    """Optuna gives a pruned trial its last reported value: the objective reports rewards, so that value
+    (and optuna-dashboard's history plot) is on the reward's scale."""
+    from nas.search.config import SearchConfig
+    from nas.search.objective import Objective
+    from nas.search.reward import reward
+    from search_spaces import get_preset
+    from search_spaces.space import SearchSpace
+
+    space, cfg = SearchSpace.load("mnasnet"), SearchConfig(trials=5)
+
+    def train(arch, trial, seed):
+        trial.report(0.5, 0)
+        trial.report(0.625, 1)
+        raise optuna.TrialPruned("pruned at step 1")
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(space.encode(get_preset("efficientnet-b0")))
+    study.optimize(Objective(cfg, space, train), n_trials=1)
+    [t] = study.trials
+    want = [reward(acc, t.user_attrs["macs"], cfg.target, cfg.reward_exponent, cfg.reward) for acc in (0.5, 0.625)]
+    assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["trained"]
+    assert list(t.intermediate_values.values()) == pytest.approx(want, rel=1e-12)
+    assert t.value == pytest.approx(want[1], rel=1e-12) and t.value != 0.625
+
+
+@pytest.mark.postgres
+def test_the_dashboard_command_for_a_database_keeps_the_password_out(pg_url, tmp_path):
+    """The command reads the URL from $NAS_STORAGE; expanded as a shell would, it opens the study."""
+    import os
+    import shlex
+    import subprocess
+
+    from nas.cluster.storage import dashboard_command
+
+    study = optuna.create_study(study_name="dash", storage=open_storage(pg_url, tmp_path))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    command = dashboard_command(pg_url, tmp_path)
+    assert PASSWORD not in command and "nas:***@127.0.0.1" in command
+    assert shlex.split(command, comments=True) == ["optuna-dashboard", "$NAS_STORAGE"]
+    # the storage argument as the user's shell hands it to optuna-dashboard, with NAS_STORAGE set
+    echo = command.replace("optuna-dashboard", "printf %s", 1)
+    storage = subprocess.run(["sh", "-c", echo], capture_output=True, text=True, check=True,
+                             env={**os.environ, "NAS_STORAGE": pg_url}).stdout
+    assert storage == pg_url
+    assert [t.value for t in optuna.load_study(study_name="dash", storage=storage).trials] == \
+        [t.value for t in study.trials]
+
+
+def test_the_dashboard_command_for_sqlite_is_the_url(tmp_path):
+    import shlex
+
+    from nas.cluster.storage import dashboard_command
+
+    url = f"sqlite:///{tmp_path / 'dash.db'}"
+    study = optuna.create_study(study_name="dash", storage=open_storage(url, tmp_path))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    argv = shlex.split(dashboard_command(url, tmp_path))
+    assert argv == ["optuna-dashboard", url]
+    assert len(optuna.load_study(study_name="dash", storage=argv[1]).trials) == 2

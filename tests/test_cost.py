@@ -1,4 +1,4 @@
-"""The analytic cost model against fvcore's trace of the built model and REFERENCE.md's figures."""
+"""The analytic cost model against fvcore's trace of the built model and docs/reference.md's figures."""
 from __future__ import annotations
 
 import pytest
@@ -55,7 +55,7 @@ def test_preset_cost_matches_fvcore_full_resolution(name: str) -> None:
 
 
 def test_b0_conventions() -> None:
-    """REFERENCE.md section 3: the paper's multiply-adds and fvcore's torchvision-style count."""
+    """docs/reference.md section 3: the paper's multiply-adds and fvcore's torchvision-style count."""
     b0 = get_preset("efficientnet-b0")
     assert count_cost(b0, convention="paper").macs == 385_814_752
     assert count_cost(b0).macs == 401_659_392
@@ -69,7 +69,7 @@ def test_b0_conventions() -> None:
     ("efficientnet-b3", "1.8839"),
 ))
 def test_b1_b3_fvcore_macs_match_reference(name: str, giga_macs: str) -> None:
-    """REFERENCE.md section 2, measured on torchvision-style SE, at each model's own resolution."""
+    """docs/reference.md section 2, measured on torchvision-style SE, at each model's own resolution."""
     assert f"{count_cost(get_preset(name)).macs / 1e9:.4f}" == giga_macs
 
 
@@ -77,12 +77,12 @@ def test_b1_b3_fvcore_macs_match_reference(name: str, giga_macs: str) -> None:
     ("efficientnet-b4", 4.5), ("efficientnet-b5", 10.5), ("efficientnet-b6", 19.4), ("efficientnet-b7", 38.3),
 ))
 def test_b4_b7_fvcore_macs_near_reference(name: str, giga_macs: float) -> None:
-    """REFERENCE.md section 2 gives B4..B7 to about 3 digits ('~4.5 G')."""
+    """docs/reference.md section 2 gives B4..B7 to about 3 digits ('~4.5 G')."""
     assert count_cost(get_preset(name)).macs / 1e9 == pytest.approx(giga_macs, rel=0.01)
 
 
 def test_mnasnet_a1_paper_macs_near_reference() -> None:
-    """REFERENCE.md section 5: MnasNet-A1 has 312M multiply-adds (3 significant digits)."""
+    """docs/reference.md section 5: MnasNet-A1 has 312M multiply-adds (3 significant digits)."""
     assert round(count_cost(get_preset("mnasnet-a1"), convention="paper").macs / 1e6) == 312
 
 

@@ -322,3 +322,12 @@ def test_image_folder_errors(tmp_path: Path) -> None:
             pass
     with pytest.raises(DataError, match="'imagefolder' needs data_dir"):
         load_data(DataConfig("imagefolder"))
+
+
+@pytest.mark.parametrize(("content", "named"), [(b"", "an empty file"), (b"GIF89a not ours", "not an image")])
+def test_image_folder_refuses_a_file_that_is_no_image_when_listing(tmp_path: Path, content: bytes, named: str) -> None:
+    root = _write_folder(tmp_path, classes=2, per_class=4)
+    (root / "train" / "class1" / "zero.jpg").write_bytes(content)  # found before any training, not mid-trial
+    with pytest.raises(DataError, match=rf"class1/zero\.jpg: {named}") as err:
+        load_data(DataConfig("imagefolder", data_dir=str(root), val_size=2, workers=0))
+    assert "\n" not in str(err.value)

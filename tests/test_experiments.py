@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-SEARCH = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if not p.name.startswith("grid"))
+SEARCH = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if not p.name.startswith(("grid", "derive")))
 GRID = sorted(EXPERIMENTS.rglob("grid*.yaml"))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
+import inspect
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -12,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomize_
 
 from search_spaces import ArchSpec, StageSpec, build_model, get_preset
 from search_spaces.interop import export as export_module
-from search_spaces.interop.export import (ROUNDING_FACTOR, TOLERANCE, ExportCheckFailed, ExportError, check_agreement,
-                                  python_source, timm_arch_def, timm_source)
+from search_spaces.interop import python_source, timm_arch_def, timm_check, timm_source
 from search_spaces.interop.cli import main
+from search_spaces.interop.export import ROUNDING_FACTOR, TOLERANCE, ExportCheckFailed, ExportError, check_agreement
 from search_spaces.interop.weights import pretrained_model, use_tf_padding
-from helpers import randomize_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,6 +95,17 @@ def test_python_source_imports_torch_only() -> None:
     assert roots <= {"__future__", "functools", "torch"}
 
 
+def test_standalone_network_forward_is_the_builders_own() -> None:
+    """One definition of the forward pass: the exported file carries builder.Network's, verbatim."""
+    from search_spaces import builder
+    from search_spaces.interop import standalone
+
+    text = python_source(build_model(get_preset("efficientnet-b0")))
+    for method in (builder.Network.forward, builder.Network.forward_features):
+        assert inspect.getsource(method) in text
+    assert "def forward" not in inspect.getsource(standalone)  # no second copy kept by hand
+
+
 def test_standalone_file_reproduces_efficientnet_pytorch_without_the_toolkit(tmp_path: Path) -> None:
     """efficientnet_pytorch weights -> nas-export --format python -> a process that cannot import effnas."""
     ep = pytest.importorskip("efficientnet_pytorch", reason="efficientnet_pytorch is not installed "
@@ -149,6 +162,33 @@ def test_timm_refuses_what_it_would_build_differently(stage: str, message: str) 
     arch = arch.replace(stages=(arch.stages[0], StageSpec.parse(stage), *arch.stages[2:]))
     with pytest.raises(ExportError, match=message):
         timm_arch_def(arch)
+
+
+def test_timm_refusal_names_the_timm_space() -> None:
+    with pytest.raises(ExportError, match=r"timm cannot build .*stage 2 .*pooling shortcut.*--space mnasnet_timm"):
+        timm_arch_def(get_preset("efficientnet-b0").replace(stages=(
+            get_preset("efficientnet-b0").stages[0], StageSpec.parse("ir_r2_k3_s2_e6_c24_poolskip"),
+            *get_preset("efficientnet-b0").stages[2:])))
+
+
+def _samples(space, n: int, seed: int = 0) -> list[ArchSpec]:
+    rng = random.Random(seed)
+    return [space.from_params({k: rng.choice(c) for k, c in space.choices().items()}) for _ in range(n)]
+
+
+def test_every_architecture_of_the_timm_space_exports_to_timm() -> None:
+    """2,000 random members of mnasnet_timm: timm builds each as the toolkit does (docs/export.md)."""
+    from search_spaces.interop import layout_problem
+    from search_spaces.space import SearchSpace
+
+    timm_space, full = SearchSpace.load("mnasnet_timm"), SearchSpace.load("mnasnet")
+    archs = _samples(timm_space, 2000)
+    assert [a for a in archs if timm_check(a) or layout_problem(a, "timm")] == []
+    assert all(full.contains(a) for a in archs[:200])  # a subspace of the MnasNet space
+    assert dict(timm_space.fixed) == dict(full.fixed)
+    refused = sum(timm_check(a) is not None for a in _samples(full, 2000))
+    assert 1900 <= refused <= 1960  # docs/export.md: 3.3 % of the MnasNet space exports to timm (seed 0)
+    assert timm_arch_def(archs[0])  # and the arch_def is written
 
 
 def test_timm_cli_writes_arch_def_and_timm_layout_weights(tmp_path: Path) -> None:
@@ -312,3 +352,19 @@ def test_default_names_and_summary(workdir: Path, capsys) -> None:
     assert "weights: random" in out
     traced = torch.jit.load("tiny.torchscript.pt")
     assert traced(torch.randn(5, 1, 40, 40)).shape == (5, 7)  # symmetric padding: any batch, any resolution
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/effnas-absolute-name", "..", "a/../../b"])
+def test_the_architecture_name_never_picks_where_files_go(tmp_path: Path, monkeypatch, name: str) -> None:
+    """A shared best.yaml with ``name: ../../x`` or an absolute path: every file stays inside --out."""
+    work = tmp_path / "a" / "b"
+    (work / "out").mkdir(parents=True)
+    (work / "arch.yaml").write_text(TINY_YAML.replace("name: tiny", f"name: {name!r}"))
+    monkeypatch.chdir(work)
+    before = {p for p in tmp_path.rglob("*")}
+    for fmt in ("python", "torchscript"):
+        assert _run_cli(["arch.yaml", "--format", fmt, "--resolution", "32", "--out", "out"]) == 0
+    assert _run_cli(["arch.yaml", "--format", "python"]) == 0  # no --out: the current directory
+    new = {p for p in tmp_path.rglob("*")} - before
+    assert new and all(p.parent in (work / "out", work) for p in new), sorted(map(str, new))
+    assert len([p for p in new if p.parent == work / "out"]) == 2 and not Path("/tmp/effnas-absolute-name.py").exists()

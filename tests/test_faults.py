@@ -147,6 +147,7 @@ def test_a_lease_unchanged_for_the_grace_period_is_stale(monkeypatch):
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_dead_trial_on_a_journal_file_is_failed_and_queued_again(tmp_path, monkeypatch):
     import nas.cluster.lease as lease
+    from nas.cluster.optuna_private import trial_id
     from nas.cluster.storage import open_storage
 
     now = [0.0]
@@ -158,7 +159,7 @@ def test_a_dead_trial_on_a_journal_file_is_failed_and_queued_again(tmp_path, mon
     dead = study.ask({"x": optuna.distributions.CategoricalDistribution([1, 2, 3])})
     dead.set_user_attr("trained", True)
     dead.set_user_attr("accuracy", 0.5)
-    storage.record_heartbeat(dead._trial_id)  # its worker's last heartbeat
+    storage.record_heartbeat(trial_id(dead))  # its worker's last heartbeat
     optuna.storages.fail_stale_trials(study)
     now[0] += 7
     optuna.storages.fail_stale_trials(study)
@@ -188,3 +189,70 @@ def test_storage_retries_give_up_with_one_masked_line():
             refuse()
         return "ok"
     assert retry_call(refuse_twice, 5, "x") == "ok" and len(calls) == 3
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_failed_elsewhere_before_its_tell_does_not_stop_the_worker(tmp_path):
+    """Another worker fails this worker's trial as stale (its heartbeat was late) while the objective runs.
+
+    Optuna's tell then fails: "Cannot tell a FAIL trial" when the objective goes on writing, and its
+    own ``AssertionError: Should not reach`` when the objective had finished. The retry is the other
+    worker's business; this worker carries on.
+    """
+    from nas.cluster.optuna_private import storage_of, trial_id
+    from nas.cluster.storage import open_storage
+    from nas.cluster.workers import optimize
+
+    study = optuna.create_study(study_name="late", storage=open_storage(None, tmp_path))
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number in (1, 3):  # failed as stale elsewhere, mid-trial
+            storage_of(study).set_trial_state_values(trial_id(trial), TrialState.FAIL)
+        if trial.number == 3:
+            trial.set_user_attr("after", True)  # the objective goes on writing: UpdateFinishedTrialError
+        return x
+
+    def complete(s: optuna.Study) -> int:
+        return sum(t.state == TrialState.COMPLETE for t in s.get_trials(deepcopy=False))
+
+    def stop(s: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        if complete(s) >= 4:
+            s.stop()
+    optimize(study, objective, lambda s: complete(s) >= 4, None, [stop], catch=())
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 4 and states[1] == states[3] == TrialState.FAIL, states
+
+
+def test_an_overdue_lease_is_confirmed_by_a_second_look(monkeypatch):
+    """After a stall of the whole machine every lease looks overdue; the live worker's renews before the verdict."""
+    import nas.cluster.lease as lease
+
+    now = [0.0]
+    monkeypatch.setattr(lease.time, "monotonic", lambda: now[0])
+    watch = lease.LeaseWatch(grace=6)
+    watch.stale({1: 1.0, 2: 1.0})
+    now[0] += 40  # everything stalled for 40 s
+    overdue = watch.stale({1: 1.0, 2: 1.0})
+    assert overdue == [1, 2]
+    assert watch.still(overdue, {1: 1.0, 2: 41.5}) == [1]  # trial 2's worker woke and renewed: not stale
+    assert watch.stale({7: None}, late=[7]) == [7]  # the database's clock says overdue: stale at first sight
+    assert lease.confirm_seconds(10, 30) == 20 and lease.confirm_seconds(1, 6) == 2
+
+
+def test_a_series_of_retries_is_lost_once_and_only_when_its_last_retry_failed():
+    from types import SimpleNamespace
+
+    from nas.cluster.workers import lost_trials
+
+    def trial(number, state, retry_of=None, history=(), trained=True):
+        user = {"trained": trained, **({} if retry_of is None else {"retry_of": retry_of})}
+        return SimpleNamespace(number=number, state=TrialState[state], user_attrs=user,
+                               system_attrs={"retry_history": list(history)} if history else {})
+    # 0 failed, its retry 1 failed too, retry 2 completed (retry_of names the first of the series)
+    done = [trial(0, "FAIL"), trial(1, "FAIL", 0, [0]), trial(2, "COMPLETE", 0, [0, 1])]
+    assert lost_trials(done) == []
+    # 3 failed, its retry 4 failed and was not retried again: the work is lost, once
+    lost = [trial(3, "FAIL"), trial(4, "FAIL", 3, [3])]
+    assert [t.number for t in lost_trials(lost)] == [4]
+    assert [t.number for t in lost_trials([trial(5, "FAIL"), trial(6, "WAITING", 5, [5])])] == [5]  # not run yet

@@ -17,7 +17,7 @@ from scaling.cli import main
 from scaling.search import next_candidate
 from search_spaces import count_cost, load_arch
 
-# REFERENCE.md section 2: exact parameter counts of B1..B7.
+# docs/reference.md section 2: exact parameter counts of B1..B7.
 REFERENCE_PARAMS = {1: 7_794_184, 2: 9_109_994, 3: 12_233_232, 4: 19_341_616, 5: 30_389_784, 6: 43_040_704,
                     7: 66_347_960}
 CANDIDATE_COLUMNS = ("alpha", "beta", "gamma", "product", "params", "macs", "macs_ratio")  # the list
@@ -185,7 +185,7 @@ def test_workers_take_the_first_free_candidate():
               _trial(3, 3, "FAIL")]
     assert next_candidate(trials, 6, number=9) == 2  # a duplicate claim pruned untrained leaves 2 free
     trials.append(_trial(4, 2, "RUNNING"))
-    assert next_candidate(trials, 6, number=9) == 4
+    assert next_candidate(trials, 6, number=9) == 3  # a failed candidate (its worker killed) is trained again
     assert next_candidate(trials, 6, number=4) == 2  # a trial does not block itself
-    trials += [_trial(5, 4, "PRUNED"), _trial(6, 5, "COMPLETE")]
+    trials += [_trial(5, 4, "PRUNED"), _trial(6, 5, "COMPLETE"), _trial(7, 3, "COMPLETE")]
     assert next_candidate(trials, 6, number=9) == 1  # none free: the first not done (Evaluate prunes the duplicate)

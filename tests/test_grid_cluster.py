@@ -72,3 +72,53 @@ def test_two_processes_per_candidate(workers, tmp_path):
     assert done and all(t.user_attrs["world_size"] == 2 for t in done)
     # 128 training images, 64 per rank, batches of 32 per rank: 2 steps x 32 images x 2 ranks
     assert all(t.user_attrs["images"] == 128 for t in done)
+
+
+def _poll(load, predicate, timeout: float, what: str):
+    """``load()`` (None until it can) until ``predicate`` holds of its result; that result."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = load()
+        if value is not None and predicate(value):
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_a_killed_candidate_is_trained_again_on_resume(workers, tmp_path):
+    """SIGKILL the grid worker while it trains a candidate, run the same command again: every
+    candidate ends with a result, the killed one trained again (not dropped as "done")."""
+    out = tmp_path / "grid"
+    args = [*grid_args(tmp_path, out), "--epochs", "3"]  # a few seconds per candidate: time to kill one
+    first = workers.start(args, module="scaling.cli")
+    journal = out / "study.journal"
+
+    def load() -> list[optuna.trial.FrozenTrial] | None:
+        if not journal.exists():
+            return None
+        try:
+            study = optuna.load_study(study_name="nas-grid-scale",
+                                      storage=JournalStorage(JournalFileBackend(str(journal))))
+        except KeyError:  # not created yet
+            return None
+        return study.get_trials(deepcopy=False)
+
+    def training(trials) -> bool:
+        return any(t.state == TrialState.RUNNING and t.user_attrs.get("trained") for t in trials)
+    trials = _poll(load, training, 180, "the worker to train a candidate")
+    [killed] = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("trained")]
+    workers.kill(first)
+    assert first.wait(timeout=60) != 0
+    again = workers.start(args, module="scaling.cli")
+    assert again.wait(timeout=400) == 0, workers.output(again)[-4000:]
+    study = optuna.load_study(study_name="nas-grid-scale", storage=JournalStorage(JournalFileBackend(str(journal))))
+    check_grid_study(study, out)  # every candidate evaluated exactly once, nothing left running
+    assert study.trials[killed.number].state == TrialState.FAIL
+    [redo] = [t for t in study.trials if counted(t) and t.params["candidate"] == killed.params["candidate"]]
+    assert redo.number > killed.number and redo.state == TrialState.COMPLETE
+    record = yaml.safe_load((out / "coefficients.yaml").read_text())
+    assert all(c["accuracy"] is not None for c in record["candidates"]), record["candidates"]
+    assert record["candidates"][killed.params["candidate"]]["trial"] == redo.number
+    assert "Traceback" not in workers.output(again)

@@ -7,12 +7,12 @@ and both run on one input in float64: the outputs must agree within 1e-5.
 from __future__ import annotations
 
 import pytest
-
 from helpers import randomize_
 from interop import import_timm, import_torchvision
+from test_weights import _compare
+
 from search_spaces import count_cost, get_preset
 from search_spaces.interop.weights import detect_format, pretrained_model
-from test_weights import _compare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RESOLUTION = 64  # small inputs keep B7 quick; 64 -> 32, 16, 8, 4, 2 exercises every stride-2 layer
@@ -61,7 +61,7 @@ def test_timm_mnasnet_a1_outputs_equal() -> None:
 
 @pytest.mark.slow
 def test_parameter_counts_equal_the_libraries() -> None:
-    """The 1000-class models: the libraries' own counts, not ours (REFERENCE.md's numbers)."""
+    """The 1000-class models: the libraries' own counts, not ours (docs/reference.md's numbers)."""
     tv, timm = import_torchvision(), import_timm()
     for b in range(8):
         expected = sum(p.numel() for p in getattr(tv.models, f"efficientnet_b{b}")().parameters())

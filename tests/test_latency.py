@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from search_spaces.latency import LatencyTable, measure_latency, parse_latency
 from search_spaces import ArchSpec, StageSpec, build_model, get_preset
 from search_spaces.blocks import ConvBNAct, SqueezeExcite
+from search_spaces.latency import LatencyTable, measure_latency, parse_latency
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

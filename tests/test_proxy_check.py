@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nas.config import ConfigError
 from nas.cli.proxy_check import CACHE_NAME, main, parse_proxies, sample_archs
+from nas.config import ConfigError
 from nas.fidelity.rankstats import average_ranks, bootstrap_ci, kendall_tau, spearman_rho
 
 K = 4  # architectures in the end-to-end runs
@@ -265,7 +265,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
 
 
 def test_a_diverged_run_is_stored_and_left_out_of_the_statistics(run_copy, capsys, monkeypatch):
-    import nas.cli.proxy_check as pc
+    import nas.fidelity.check as pc
     from nas.proxy.train import TrainingDiverged
 
     def fake_measure(item, data, trainer, device):
@@ -304,3 +304,26 @@ def test_default_proxies_are_the_training_and_zero_cost_ones():
     from nas.cli.proxy_check import CheckConfig
 
     assert CheckConfig().proxies == ("train:1", *ZC_ALL.split(","))
+
+
+# -- a cache written by the previous release is reused -------------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures" / "head_proxy_check"
+# The flags tests/fixtures/head_proxy_check/scores.jsonl was written with (tests/fixtures/README.md).
+HEAD_CHECK = ["--dataset", "digits", "--proxy-resolution", "16", "--train-size", "128", "--batch-size", "32",
+              "--threads", "1", "--device", "cpu", "--archs", "3", "--proxies", "train:0.25,zc:synflow",
+              "--reference-epochs", "0.5", "--reference-seeds", "1"]
+
+
+def test_a_cache_written_by_the_previous_release_is_reused(tmp_path, capsys, one_thread):
+    pytest.importorskip("nas.proxy.zero_cost")
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(FIXTURES / CACHE_NAME, out / CACHE_NAME)
+    before = (out / CACHE_NAME).read_bytes()
+    code, stdout, err = _run(capsys, *HEAD_CHECK, "--out", str(out))
+    assert code == 0, err
+    assert _summary(out)["scores"] == {"needed": 9, "computed_this_run": 0, "reused": 9}
+    assert (out / CACHE_NAME).read_bytes() == before
+    # the report of the previous release, from the same scores
+    assert (out / "results.csv").read_text() == (FIXTURES / "results.csv").read_text()
+    assert "zc:synflow" in stdout and "train:0.25" in stdout

@@ -1,6 +1,10 @@
 """The RL controller sampler (``nas.search.rl_sampler``): it learns, from every worker's trials, cheaply."""
 from __future__ import annotations
 
+import copy
+import pickle
+import random
+import shutil
 import statistics
 import time
 
@@ -8,11 +12,14 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.testing.pytest_samplers import BasicSamplerTestCase, SingleOnlySamplerTestCase
 from optuna.trial import TrialState, create_trial
 
-from nas.search.rl_sampler import RLSampler, _steps
+from nas.search.rl_sampler import RLSampler
+from nas.search.rl_tokens import steps as _steps
+from nas.search.rl_tokens import tokens
 from search_spaces import default_space, get_preset
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -252,3 +259,74 @@ def test_overhead_per_trial_is_small():
 
     overhead = seconds_per_trial(RLSampler(seed=0)) - seconds_per_trial(optuna.samplers.RandomSampler(seed=0))
     assert overhead < 0.03, f"{overhead * 1e3:.1f} ms per trial"  # 3 to 5 ms on a busy 2-core machine
+
+
+class TestOptunaSamplerKit(BasicSamplerTestCase, SingleOnlySamplerTestCase):
+    """Optuna's own generic sampler tests (``optuna.testing.pytest_samplers``): every kind of
+    distribution in range and of the right type, conditional and dynamic search spaces,
+    PartialFixedSampler, NaN values, and refusing a multi-objective study."""
+
+    @pytest.fixture
+    def sampler(self):
+        return lambda: RLSampler(seed=0)
+
+
+def late_share(objective, name: str, hit, sampler: optuna.samplers.BaseSampler, n: int = 300) -> float:
+    """The share of the last 100 of ``n`` trials whose ``name`` satisfies ``hit``."""
+    study = new_study(sampler)
+    run(study, n, objective)
+    return sum(hit(t.params[name]) for t in study.trials[-100:]) / 100
+
+
+def test_an_integer_parameter_is_learned():
+    """One integer value of ten is rewarded: the policy picks it in most late trials (chance: 10 %)."""
+    def seven(trial: optuna.Trial) -> float:
+        return float(trial.suggest_int("n", 0, 9) == 7)
+
+    assert late_share(seven, "n", lambda v: v == 7, RLSampler(seed=0)) > 0.6  # 0.99 here
+    assert late_share(seven, "n", lambda v: v == 7, optuna.samplers.RandomSampler(seed=0)) < 0.2
+
+
+@pytest.mark.parametrize("suggest, hit, chance", [
+    (lambda t: t.suggest_int("v", 0, 999), lambda v: 600 <= v < 660, 0.06),  # 16 bins of a long grid
+    (lambda t: t.suggest_float("v", 0.0, 1.0), lambda v: 0.8 <= v < 0.9, 0.10),
+    (lambda t: t.suggest_float("v", 1e-5, 1e-1, log=True), lambda v: 10 ** -3.25 <= v < 10 ** -2.75, 0.125),
+])
+def test_wide_integer_and_float_parameters_are_learned_by_bins(suggest, hit, chance):
+    share = late_share(lambda t: float(hit(suggest(t))), "v", hit, RLSampler(seed=1))
+    assert share > 3 * chance, share  # 0.44 to 1.0 here
+
+
+@pytest.mark.parametrize("dist, count", [
+    (IntDistribution(0, 9), 10), (IntDistribution(-10, 10, step=2), 11), (IntDistribution(1, 100, log=True), 15),
+    (IntDistribution(0, 999), 16), (IntDistribution(1, 10 ** 9, log=True), 16),
+    (FloatDistribution(-10, 10, step=0.1), 16), (FloatDistribution(1e-7, 1, log=True), 16),
+    (FloatDistribution(0, 1), 16), (FloatDistribution(2, 2), 1), (CategoricalDistribution(["a", None, 3]), 3),
+])
+def test_every_token_is_a_bin_that_holds_its_values(dist, count):
+    """No empty bin (a log grid's first values are a bin each), and a value drawn in a bin is learned as that bin."""
+    tok, rng = tokens(dist), random.Random(0)
+    assert len(tok.labels) == count
+    for k in range(count):
+        for _ in range(30):
+            value = tok.value(k, rng)
+            assert dist._contains(dist.to_internal_repr(value)) and tok.index(value) == k
+
+
+def test_pickles_and_deep_copies_and_a_restored_copy_continues_as_the_original(tmp_path):
+    """Optuna's save-the-sampler recipe: ``pickle.dump(study.sampler)``, then resume the study with it."""
+    path = tmp_path / "a.log"
+    study = new_study(RLSampler(seed=0), storage=JournalStorage(JournalFileBackend(str(path))), study_name="s")
+    run(study, 25, mixed)
+    saved, copied = pickle.dumps(study.sampler), copy.deepcopy(study.sampler)
+    shutil.copy(path, tmp_path / "b.log")
+    shutil.copy(path, tmp_path / "c.log")
+    shutil.copy(path, tmp_path / "d.log")
+    run(study, 15, mixed)
+    for name, sampler in (("b.log", pickle.loads(saved)), ("c.log", copied), ("d.log", RLSampler(seed=0))):
+        resumed = optuna.load_study(study_name="s", sampler=sampler,
+                                    storage=JournalStorage(JournalFileBackend(str(tmp_path / name))))
+        run(resumed, 15, mixed)
+        same = [t.params for t in resumed.trials] == [t.params for t in study.trials]
+        assert same == (name != "d.log"), name  # a fresh sampler of the same seed does not continue so
+    assert copied._controller.head_w is not study.sampler._controller.head_w

@@ -7,11 +7,23 @@ from fractions import Fraction
 
 import pytest
 
-from scaling import (PHIS, Coefficients, Grid, ScalingError, compound_arch, cost_candidates, make_family,
-                     make_variant, official_row, round_resolution, space_filling_order, variant_yaml)
+from scaling import (
+    PHIS,
+    Coefficients,
+    Grid,
+    ScalingError,
+    compound_arch,
+    cost_candidates,
+    make_family,
+    make_variant,
+    official_row,
+    round_resolution,
+    space_filling_order,
+    variant_yaml,
+)
 from search_spaces import count_cost, get_preset, load_arch, resolve
 
-# REFERENCE.md section 2 (timm / torchvision / efficientnet_pytorch): exact parameter counts, and
+# docs/reference.md section 2 (timm / torchvision / efficientnet_pytorch): exact parameter counts, and
 # (width, depth, res, dropout) of the official table.
 REFERENCE = {
     1: (1.0, 1.1, 240, 0.2, 7_794_184),
@@ -23,13 +35,13 @@ REFERENCE = {
     7: (2.0, 3.1, 600, 0.5, 66_347_960),
 }
 B0_PARAMS = 5_288_548
-# REFERENCE.md section 2: fvcore MACs with torchvision-style SE (the cost model's default convention).
+# docs/reference.md section 2: fvcore MACs with torchvision-style SE (the cost model's default convention).
 B0_MACS = 401_659_392
 REFERENCE_MACS = {1: 0.7127e9, 2: 1.0266e9, 3: 1.8839e9}  # measured to 4 digits
 REFERENCE_MACS_APPROX = {4: 4.5e9, 5: 10.5e9, 6: 19.4e9, 7: 38.3e9}  # "~" in the table
-# REFERENCE.md section 1: B0's layers per stage.
+# docs/reference.md section 1: B0's layers per stage.
 B0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
-PAPER = (1.2, 1.1, 1.15)  # REFERENCE.md section 4: the paper's grid-search result, product 1.920
+PAPER = (1.2, 1.1, 1.15)  # docs/reference.md section 4: the paper's grid-search result, product 1.920
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +97,7 @@ def test_space_filling_order_starts_with_the_pure_directions(b0):
 # --- scaling a base ---------------------------------------------------------------------------
 
 def test_round_resolution():
-    assert round_resolution(224 * 1.15, 1) == 258  # REFERENCE.md section 2: "res ≈ 258"
+    assert round_resolution(224 * 1.15, 1) == 258  # docs/reference.md section 2: "res ≈ 258"
     assert round_resolution(257.6, 4) == 256
     assert round_resolution(258.0, 4) == 260  # half up
     assert round_resolution(3, 8) == 8
@@ -136,7 +148,7 @@ def test_official_macs_match_reference(b0, phi):
 
 
 def test_official_table_is_not_alpha_to_the_phi(b0):
-    """REFERENCE.md §2: at φ = 1 the paper's rule gives depth 1.2, width 1.1, res ≈ 258; B1 is 1.1, 1.0, 240."""
+    """docs/reference.md §2: at φ = 1 the paper's rule gives depth 1.2, width 1.1, res ≈ 258; B1 is 1.1, 1.0, 240."""
     compound = make_variant(b0, 1, "compound", Coefficients(*PAPER))
     official = make_variant(b0, 1, "official")
     assert (compound.arch.depth_mult, compound.arch.width_mult) == (1.2, 1.1)

@@ -20,7 +20,7 @@ from search_spaces import build_model, get_preset, load_arch
 
 FAST = ["--dataset", "digits", "--proxy-resolution", "16", "--epochs", "1", "--batch-size", "128",
         "--lr", "0.05", "--threads", "1", "--pruner", "none", "--quiet"]
-B0_MACS = 401_659_392  # fvcore convention, REFERENCE.md section 2
+B0_MACS = 401_659_392  # fvcore convention, docs/reference.md section 2
 
 
 def load(out: Path, name: str = "nas-search") -> optuna.Study:
@@ -177,4 +177,38 @@ def test_ctrl_c_keeps_the_study_and_resumes(tmp_path):
     assert (out / "leaderboard.csv").is_file()
     # resuming with one more trial trains exactly one more
     assert main([*FAST, "--trials", str(done + 1), "--out", str(out)]) == 0
-    assert sum(t.state == TrialState.COMPLETE and bool(t.user_attrs.get("trained")) for t in load(out).trials) == done + 1
+    trained = [t for t in load(out).trials if t.state == TrialState.COMPLETE and t.user_attrs.get("trained")]
+    assert len(trained) == done + 1
+
+
+# -- a study written by the previous release resumes -------------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+# The flags tests/fixtures/head_search/study.journal was written with (tests/fixtures/README.md).
+HEAD_SEARCH = ["--dataset", "digits", "--proxy-resolution", "16", "--epochs", "1", "--batch-size", "64",
+               "--train-size", "128", "--lr", "0.05", "--threads", "1", "--pruner", "none", "--quiet"]
+
+
+def test_a_journal_written_by_the_previous_release_resumes(tmp_path):
+    import shutil
+
+    from nas.cluster.trials import counted
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(FIXTURES / "head_search" / "study.journal", out / "study.journal")
+    before = load(out)
+    old = [(t.number, t.params, t.value, t.user_attrs["accuracy"]) for t in before.trials]
+    assert len(old) == 2 and sum(counted(t) for t in before.trials) == 2
+    assert main([*HEAD_SEARCH, "--trials", "3", "--out", str(out)]) == 0  # its settings are not refused
+    study = load(out)
+    assert sum(counted(t) for t in study.trials) == 3  # one more trained trial
+    assert [(t.number, t.params, t.value, t.user_attrs["accuracy"]) for t in study.trials[:2]] == old
+    assert study.user_attrs == before.user_attrs  # the stored settings, as the previous release wrote them
+    # the same trials as the previous release's own resume of it: the worker takes the free slot 0 again, so its
+    # sampler proposes trials 0 and 1 again (reused as duplicates), then a new architecture
+    columns = ("number", "state", "arch", "macs", "params", "duplicate_of")
+    expected = [{k: r[k] for k in columns} for r in csv.DictReader((FIXTURES / "head_search" /
+                                                                     "resumed_leaderboard.csv").open())]
+    assert [{k: r[k] for k in columns} for r in csv.DictReader((out / "leaderboard.csv").open())] == expected
+    # and other settings are still refused
+    assert main([*HEAD_SEARCH, "--trials", "4", "--dataset", "synthetic", "--out", str(out)]) == 2

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 from optuna.trial import TrialState
+from test_search_cli import FAST, load, snapshot
 
 from nas.cli.search import main
 from nas.cluster.trials import counted
-from nas.search.config import ZC_NAMES
 from nas.proxy.data import DataConfig, load_data
+from nas.search.config import ZC_NAMES
 from nas.search.reward import reward
 from search_spaces import build_model, count_cost, default_space
-from test_search_cli import FAST, load, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = [*FAST, "--train-size", "256"]

@@ -5,12 +5,11 @@ import math
 
 import pytest
 
+from nas.cluster.storage import open_storage
 from nas.config import ConfigError, mask_url, parse_count
-
 from nas.search.config import SearchConfig
 from nas.search.objective import pareto_front
 from nas.search.reward import reward
-from nas.cluster.storage import open_storage
 
 
 @pytest.mark.parametrize("text", ["400M", "0.4G", "4e8", "400000000", 400_000_000, "400m", " 400M "])

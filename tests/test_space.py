@@ -165,6 +165,35 @@ def test_bad_space_yaml_names_bad_value(edit: tuple[str, str], named: str) -> No
     assert named in str(info.value)
 
 
+@pytest.mark.parametrize(("old", "new", "named"), [
+    ("kernels: [3, 5]", "kernels: [[3, 5]]", "stage 1 kernels: bad value [3, 5], expected a list of plain values"),
+    ("ops: [conv, dsconv, mbconv1, mbconv3, mbconv6]", "ops: [conv, {mbconv: 6}]",
+     "stage 1 ops: bad value {'mbconv': 6}"),
+    ("kernels: [3, 5]", "kernels: {3: a, 5: b}", "stage 1 kernels must be a non-empty list, but got {3: 'a', 5: 'b'}"),
+    ("{stride: 1, filters: [8, 16, 24]", "{stride: [1], filters: [8, 16, 24]",
+     "stage 1 stride must be 1 or 2, but got [1]"),
+    ("{stride: 1, filters: [8, 16, 24]", "{stride: 1, filters: [[8, 16], 24]", "stage 1 filters: bad value [8, 16]"),
+    ("name: mnasnet", "name: {a: 1}", "the space's name must be a string"),
+    ("name: mnasnet", "name: mnasnet\n7: x", "unknown space key '7'"),
+    ("act: silu", "act: [silu]", "act must be one of"),
+])
+def test_nested_or_mapping_choices_are_one_line_errors(old: str, new: str, named: str) -> None:
+    """Before: ``TypeError: unhashable type: 'list'`` from inside the duplicate check."""
+    assert old in SPACE_YAML
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_yaml(SPACE_YAML.replace(old, new, 1))
+    assert named in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_timm_space_is_the_mnasnet_space_without_pool_skips_and_regular_convs() -> None:
+    full, timm = default_space(), SearchSpace.load("mnasnet_timm")
+    assert timm.name == "mnasnet_timm" and dict(timm.fixed) == dict(full.fixed)
+    for a, b in zip(full.stages, timm.stages):
+        assert (b.ops, b.skips) == (tuple(o for o in a.ops if o != "conv"), ("identity", "none"))
+        assert (a.stride, a.kernels, a.se_ratios, a.filters, a.layers) == (b.stride, b.kernels, b.se_ratios,
+                                                                            b.filters, b.layers)
+
+
 def test_missing_choice_names_it() -> None:
     text = SPACE_YAML.replace("  skips: [identity, pool, none]\n", "")
     with pytest.raises(SpaceError, match="skips"):

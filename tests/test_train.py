@@ -11,8 +11,15 @@ import torch
 import torch.nn as nn
 
 from nas.proxy.data import DataConfig, load_data
-from nas.proxy.train import (TrainConfig, TrainingDiverged, TrainResult, _make_optimizer, evaluate, recalibrate_bn,
-                       train_proxy)
+from nas.proxy.train import (
+    TrainConfig,
+    TrainingDiverged,
+    TrainResult,
+    _make_optimizer,
+    evaluate,
+    recalibrate_bn,
+    train_proxy,
+)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FAST = TrainConfig(epochs=2, batch_size=32, lr=0.2, warmup_epochs=0.2, threads=1)  # 1 thread: robust on a busy machine

@@ -8,12 +8,22 @@ import math
 
 import pytest
 import torch
+from helpers import randomize_
 
 from search_spaces import get_preset
 from search_spaces.builder import build_model
-from search_spaces.interop.weights import (Conv2dSameTF, WeightsError, detect_format, from_native, key_map, load_checkpoint,
-                                   load_weights, pretrained_model, source_convention, use_tf_padding)
-from helpers import randomize_
+from search_spaces.interop.weights import (
+    Conv2dSameTF,
+    WeightsError,
+    detect_format,
+    from_native,
+    key_map,
+    load_checkpoint,
+    load_weights,
+    pretrained_model,
+    source_convention,
+    use_tf_padding,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -314,6 +324,29 @@ def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path, b0_source_state:
     torch.save({"state_dict": b0_source_state, "extra": _Payload(str(marker))}, tmp_path / "evil.pth")
     with pytest.raises(WeightsError, match="refused to unpickle"):
         load_checkpoint(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+class _Command:
+    """Unpickling this would run a shell command (``os.system``, whose module torch blocks by name)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.path}",)
+
+
+def test_checkpoint_holding_code_is_refused_for_that_not_called_no_checkpoint(tmp_path, b0_source_state) -> None:
+    marker = tmp_path / "was-run"
+    torch.save({"state_dict": b0_source_state, "extra": _Command(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError) as err:
+        load_checkpoint(tmp_path / "evil.pth")
+    message = str(err.value)
+    assert "refused to unpickle" in message and "holds code" in message and "GLOBAL posix.system" in message
+    assert "not a PyTorch checkpoint" not in message and "\n" not in message
     assert not marker.exists()
 
 

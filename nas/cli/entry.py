@@ -19,6 +19,8 @@ COMMANDS = {
     "nas-cost": "search_spaces.cli",
     "nas-export": "search_spaces.interop.cli",
     "nas-proxy-check": "nas.cli.proxy_check",
+    "nas-train": "nas.cli.train",
+    "nas-derive": "nas.cli.derive",
 }
 
 
@@ -52,3 +54,11 @@ def nas_export() -> int:
 
 def nas_proxy_check() -> int:
     return _run("nas-proxy-check")
+
+
+def nas_train() -> int:
+    return _run("nas-train")
+
+
+def nas_derive() -> int:
+    return _run("nas-derive")

@@ -1,14 +1,43 @@
-"""Many workers on one study: resilient storages, leases on the journal file, study locks, worker slots, torchrun."""
-from nas.cluster.storage import (HEARTBEAT_SECONDS, GRACE_SECONDS, RETRY_SECONDS, MAX_RETRY, StorageUnavailable, is_journal, is_transient, retry_call, ResilientRDBStorage, open_storage)
-from nas.cluster.lease import (LEASE_ATTR, CLAIM_ATTR, LeaseWatch, LeasedJournalStorage, RetryStaleTrial)
-from nas.cluster.locks import (StudyLock)
-from nas.cluster.workers import (register_worker, release_worker, settle, queued_retries, optimize, study_health, requeue_interrupted)
-from nas.cluster.trials import (FINISHED, counted)
-from nas.cluster.torchrun import (Ranks, split_nproc, under_torchrun, relaunch_under_torchrun)
+"""Many workers on one study: resilient storages, leases on running trials, study locks, worker slots, torchrun."""
+from nas.cluster.journal import JournalDamaged, JournalWriteError, SafeJournalFileBackend, repair_journal
+from nas.cluster.lease import CLAIM_ATTR, LEASE_ATTR, Leased, LeasedJournalStorage, LeaseWatch, RetryStaleTrial
+from nas.cluster.locks import StudyLock
+from nas.cluster.rdb import ResilientStorage
+from nas.cluster.retry import StorageUnavailable, is_transient, retry_call
+from nas.cluster.storage import (
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    MAX_RETRY,
+    RETRY_SECONDS,
+    STORAGES,
+    StorageScheme,
+    dashboard_command,
+    dashboard_line,
+    is_journal,
+    journal_path,
+    open_storage,
+    scheme_of,
+    storage_help,
+)
+from nas.cluster.torchrun import Ranks, relaunch_under_torchrun, split_nproc, under_torchrun
+from nas.cluster.trials import FINISHED, ReportedAs, counted, reported_as
+from nas.cluster.workers import (
+    launcher_index,
+    lost_trials,
+    optimize,
+    queued_retries,
+    register_worker,
+    release_worker,
+    requeue_interrupted,
+    settle,
+    study_health,
+)
 
 __all__ = [
     "FINISHED",
     "counted",
+    "ReportedAs",
+    "reported_as",
     "HEARTBEAT_SECONDS",
     "GRACE_SECONDS",
     "RETRY_SECONDS",
@@ -17,20 +46,34 @@ __all__ = [
     "is_journal",
     "is_transient",
     "retry_call",
-    "ResilientRDBStorage",
+    "StorageScheme",
+    "STORAGES",
+    "scheme_of",
+    "storage_help",
+    "journal_path",
     "open_storage",
+    "dashboard_command",
+    "dashboard_line",
+    "ResilientStorage",
+    "JournalDamaged",
+    "JournalWriteError",
+    "SafeJournalFileBackend",
+    "repair_journal",
     "LEASE_ATTR",
     "CLAIM_ATTR",
     "LeaseWatch",
+    "Leased",
     "LeasedJournalStorage",
     "RetryStaleTrial",
     "StudyLock",
+    "launcher_index",
     "register_worker",
     "release_worker",
     "settle",
     "queued_retries",
     "optimize",
     "study_health",
+    "lost_trials",
     "requeue_interrupted",
     "Ranks",
     "split_nproc",

@@ -6,7 +6,9 @@ it one: ``LeasedJournalStorage`` renews a lease on each running trial (a trial s
 ``nas:lease``, rewritten every ``heartbeat`` seconds by the worker's heartbeat thread), and a
 trial whose lease a worker has seen unchanged for ``grace`` seconds of its own clock is stale.
 Watching for change rather than comparing timestamps keeps it right across machines whose
-clocks disagree (a shared filesystem has no server clock to ask).
+clocks disagree (a shared filesystem has no server clock to ask). A lease found overdue is looked
+at again ``confirm_seconds`` later (two heartbeats) before its trial is failed: on a busy machine
+every process may stall at once, and a live worker's lease moves on as soon as it runs again.
 
 Both kinds plug into Optuna's own machinery (``BaseHeartbeat``): ``study.optimize`` renews the
 lease while a trial runs and fails stale trials before each new one, and
@@ -18,20 +20,23 @@ import copy
 import logging
 import time
 import warnings
-from typing import Any, Callable
+from typing import Callable, Hashable, Iterable, Protocol, runtime_checkable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages.journal import JournalStorage
+from optuna.storages.journal import BaseJournalBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 try:  # Optuna >= 4.9
     from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryBase
 except ImportError:  # pragma: no cover - older Optuna
     from optuna.storages import RetryFailedTrialCallback as _RetryBase
-from optuna.storages._heartbeat import BaseHeartbeat
 
-__all__ = ["LEASE_ATTR", "CLAIM_ATTR", "LeaseWatch", "LeasedJournalStorage", "RetryStaleTrial"]
+from nas.cluster.optuna_private import BaseHeartbeat, trial_id
+from nas.cluster.retry import StorageUnavailable
+
+__all__ = ["LEASE_ATTR", "CLAIM_ATTR", "LeaseWatch", "Leased", "LeasedJournalStorage", "RetryStaleTrial",
+           "confirm_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +45,57 @@ CLAIM_ATTR = "nas:claim"  # trial system attribute: this trial trains its archit
 _KEEP_USER_ATTRS = ("seed_arch",)  # what a retry inherits; results and claims are the failed trial's own
 
 
+StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def confirm_seconds(heartbeat: float, grace: float) -> float:
+    """How long an overdue lease is watched again before its trial is failed (see ``LeaseWatch.still``)."""
+    return max(0.0, min(2.0 * heartbeat, grace - heartbeat))
+
+
 class LeaseWatch:
     """Which running trials have shown no sign of life for ``grace`` seconds of this process's clock."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
-        self._seen: dict[int, tuple[Any, float]] = {}  # trial id -> (token, when it last changed)
+        self._seen: dict[int, tuple[Hashable, float]] = {}  # trial id -> (token, when it last changed)
 
-    def stale(self, tokens: dict[int, Any]) -> list[int]:
+    def stale(self, tokens: dict[int, Hashable], late: Iterable[int] = ()) -> list[int]:
         """Update with the current ``{trial id: lease token}`` of the running trials; the stale ids.
 
         A token is anything that changes at every renewal (None: never renewed). A trial seen
         for the first time is fresh: a worker that just started waits ``grace`` before reaping.
+        ``late``: trials an authority (the database's clock) finds overdue: stale even at first sight.
         """
-        now = time.monotonic()
+        now, late = time.monotonic(), set(late)
         seen, stale = {}, []
-        for trial_id, token in tokens.items():
-            last = self._seen.get(trial_id)
-            if last is None or last[0] != token:
-                seen[trial_id] = (token, now)
-            else:
-                seen[trial_id] = last
-                if now - last[1] > self.grace:
-                    stale.append(trial_id)
+        for tid, token in tokens.items():
+            last = self._seen.get(tid)
+            seen[tid] = (token, now) if last is None or last[0] != token else last
+            if tid in late or (last is not None and seen[tid] is last and now - last[1] > self.grace):
+                stale.append(tid)
         self._seen = seen
         return stale
+
+    def still(self, overdue: list[int], tokens: dict[int, Hashable]) -> list[int]:
+        """Those of ``overdue`` that are still running with the token they had when found overdue.
+
+        A verdict takes two looks: on a busy machine every process may stall at once (swapping, a
+        starved CPU), and the first worker to wake finds every lease overdue. Looked at again a few
+        heartbeats later, a live worker's lease has moved on; only a dead one's has not.
+        """
+        return [tid for tid in overdue if tid in tokens and tid in self._seen and tokens[tid] == self._seen[tid][0]]
+
+
+@runtime_checkable
+class Leased(Protocol):
+    """A storage whose running trials carry leases (``LeasedJournalStorage``, ``nas.cluster.rdb.ResilientStorage``)."""
+
+    grace_period: int | None
+
+    def lease_tokens(self, study_id: int) -> dict[int, Hashable]: ...
+
+    def get_heartbeat_interval(self) -> int | None: ...
 
 
 class LeasedJournalStorage(JournalStorage, BaseHeartbeat):
@@ -77,8 +108,8 @@ class LeasedJournalStorage(JournalStorage, BaseHeartbeat):
         on_stale: called with each trial this worker failed as stale (e.g. ``RetryStaleTrial``).
     """
 
-    def __init__(self, backend: Any, heartbeat: int, grace: int,
-                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
+    def __init__(self, backend: BaseJournalBackend, heartbeat: int, grace: int,
+                 on_stale: StaleCallback | None = None) -> None:
         if not 0 < heartbeat < grace:
             raise ValueError(f"need 0 < heartbeat < grace, but got ({heartbeat=}, {grace=})")
         super().__init__(backend)
@@ -86,32 +117,41 @@ class LeasedJournalStorage(JournalStorage, BaseHeartbeat):
         self._on_stale = on_stale
         self._watch = LeaseWatch(grace)
 
-    def lease_tokens(self, study_id: int) -> dict[int, Any]:
+    def lease_tokens(self, study_id: int) -> dict[int, Hashable]:
         """``{trial id: lease}`` of the study's running trials (None: no lease yet)."""
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return {t._trial_id: t.system_attrs.get(LEASE_ATTR) for t in running}
+        return {trial_id(t): t.system_attrs.get(LEASE_ATTR) for t in running}
 
     def record_heartbeat(self, trial_id: int) -> None:
+        # runs in the heartbeat thread: a journal that cannot be written is reported by the main thread
         try:
             self.set_trial_system_attr(trial_id, LEASE_ATTR, round(time.time(), 3))
         except UpdateFinishedTrialError:  # another worker failed it as stale; its owner finds out at tell
             log.debug("trial id %d finished before its lease was renewed", trial_id)
+        except StorageUnavailable as exc:
+            log.debug("no lease renewal for trial id %d: %s", trial_id, exc)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return self._watch.stale(self.lease_tokens(study_id))
+        overdue = self._watch.stale(self.lease_tokens(study_id))
+        if overdue:
+            time.sleep(confirm_seconds(self.heartbeat_interval, self.grace_period))
+            overdue = self._watch.still(overdue, self.lease_tokens(study_id))
+        return overdue
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval
 
-    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+    def get_heartbeat_stale_trial_callback(self) -> StaleCallback | None:
         return self._on_stale
 
-    def __getstate__(self) -> dict[Any, Any]:
+    get_failed_trial_callback = get_heartbeat_stale_trial_callback  # its name before Optuna 4.9
+
+    def __getstate__(self) -> dict[str, object]:
         state = super().__getstate__()
         state.pop("_watch", None)
         return state
 
-    def __setstate__(self, state: dict[Any, Any]) -> None:
+    def __setstate__(self, state: dict[str, object]) -> None:
         super().__setstate__(state)
         self._watch = LeaseWatch(self.grace_period)
 
@@ -121,27 +161,31 @@ class RetryStaleTrial(_RetryBase):
 
     The retry keeps the parameters (the same architecture) and ``seed_arch``; it drops the failed
     trial's results, ``trained`` flag, claim and lease, which would otherwise make the retry look
-    trained, or running elsewhere, before it has started. ``retry_of`` names the failed trial.
+    trained, or running elsewhere, before it has started. ``retry_of`` names the first failed trial
+    of the series and the system attribute ``retry_history`` every one (Optuna's).
     """
 
     def __init__(self, max_retry: int | None = 3, grace: float | None = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             super().__init__(max_retry=max_retry)
-        self.grace = grace
+        self.max_retry, self.grace = max_retry, grace
 
     def queue(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Queue a clean copy of ``trial``; False when it was retried ``max_retry`` times already."""
+        retries = len(trial.system_attrs.get("retry_history", [])) + 1
+        if self.max_retry is not None and retries > self.max_retry:
+            return False
         clean = copy.deepcopy(trial)
         clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in _KEEP_USER_ATTRS}
         clean.user_attrs["retry_of"] = trial.system_attrs.get("failed_trial", trial.number)
         clean.system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith("nas:")}
         super().__call__(study, clean)
-        retries = len(trial.system_attrs.get("retry_history", [])) + 1
-        return self._max_retry is None or retries <= self._max_retry
+        return True
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         queued = self.queue(study, trial)
-        log.info("trial %d lost its worker (no heartbeat for %s s): failed, %s", trial.number,
-                 f"{self.grace:g}" if self.grace else "the grace period",
-                 "queued again" if queued else f"not retried (retried {self._max_retry} times already)")
+        log.log(logging.INFO if queued else logging.WARNING,
+                "trial %d lost its worker (no heartbeat for %s s): failed, %s", trial.number,
+                f"{self.grace:g}" if self.grace else "the grace period",
+                "queued again" if queued else f"not retried (retried {self.max_retry} times already)")

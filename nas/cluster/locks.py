@@ -17,9 +17,12 @@ import hashlib
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Callable
 
 import optuna
+from optuna.storages import BaseStorage
+
+from nas.cluster.optuna_private import journal_file_path, uncached
 
 __all__ = ["StudyLock"]
 
@@ -34,16 +37,21 @@ def _key(study_name: str) -> int:
 class StudyLock:
     """A reusable, non-reentrant lock named after ``study_name`` in ``storage`` (see the module docstring)."""
 
-    def __init__(self, storage: Any, study_name: str) -> None:
+    def __init__(self, storage: BaseStorage, study_name: str) -> None:
+        from nas.cluster.rdb import ResilientStorage
+
         self.storage, self.study_name = storage, study_name
-        self._release: Any = None
-        backend = storage._backend if isinstance(storage, optuna.storages._CachedStorage) else storage
+        self._release: Callable[[], None] | None = None
+        self._retry_seconds, self._url = 0.0, ""
+        backend = storage.rdb if isinstance(storage, ResilientStorage) else uncached(storage)
+        if isinstance(storage, ResilientStorage):
+            self._retry_seconds, self._url = storage.retry_seconds, storage.url
         if isinstance(backend, optuna.storages.RDBStorage):
             self._rdb = backend
             self._kind = backend.engine.dialect.name  # postgresql, mysql, sqlite
         elif isinstance(backend, optuna.storages.JournalStorage):
             self._kind = "journal"
-            self._journal_path = getattr(backend._backend, "_file_path", None)
+            self._journal_path = journal_file_path(backend)
         else:
             self._kind = "thread"
 
@@ -59,15 +67,14 @@ class StudyLock:
         if release is not None:
             release()
 
-    def _acquire_sql(self) -> Any:
+    def _acquire_sql(self) -> Callable[[], None]:
         import sqlalchemy as sa
 
-        from nas.config import mask_url
-        from nas.cluster.storage import retry_call
+        from nas.cluster.retry import retry_call
 
         key, rdb = _key(self.study_name), self._rdb
 
-        def connect() -> Any:
+        def connect() -> sa.Connection:
             conn = rdb.engine.connect()
             try:
                 if self._kind == "postgresql":
@@ -79,8 +86,7 @@ class StudyLock:
                 raise
             return conn
 
-        seconds = getattr(rdb, "retry_seconds", 0)
-        conn = retry_call(connect, seconds, mask_url(rdb.url)) if seconds else connect()
+        conn = retry_call(connect, self._retry_seconds, self._url)
 
         def release() -> None:
             try:  # a broken connection has released the lock already
@@ -93,7 +99,7 @@ class StudyLock:
                 conn.close()
         return release
 
-    def _acquire_sqlite(self) -> Any:
+    def _acquire_sqlite(self) -> Callable[[], None]:
         import fcntl
 
         db = self._rdb.engine.url.database
@@ -108,18 +114,23 @@ class StudyLock:
             f.close()
         return release
 
-    def _acquire_journal(self) -> Any:
+    def _acquire_journal(self) -> Callable[[], None]:
         if self._journal_path is None:  # a journal without a file (Redis): one process's threads only
             return self._acquire_thread()
         from optuna.storages.journal import JournalFileSymlinkLock
 
+        from nas.cluster.journal import write_error
+
         target = Path(f"{self._journal_path}.nas-lock")
-        target.touch(exist_ok=True)  # the symlink's target must exist for the stale-lock check
         lock = JournalFileSymlinkLock(str(target), grace_period=30)
-        lock.acquire()
+        try:  # a full disk may refuse even these
+            target.touch(exist_ok=True)  # the symlink's target must exist for the stale-lock check
+            lock.acquire()
+        except OSError as exc:
+            raise write_error(self._journal_path, exc, "lock") from None
         return lock.release
 
-    def _acquire_thread(self) -> Any:
+    def _acquire_thread(self) -> Callable[[], None]:
         lock = _THREAD_LOCKS.setdefault(f"{id(self.storage)}:{self.study_name}", threading.Lock())
         lock.acquire()
         return lock.release

@@ -7,9 +7,23 @@ import signal
 import subprocess
 import sys
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+
+if TYPE_CHECKING:
+    import optuna as _optuna
+
+    from search_spaces import ArchSpec
 
 import optuna
+
+
+class _Result(Protocol):
+    accuracy: float
+    loss: float
+    images: int
+
+
+Train = Callable[["ArchSpec", Optional["_optuna.Trial"], int], _Result]
 
 __all__ = ["Ranks", "split_nproc", "under_torchrun", "relaunch_under_torchrun"]
 
@@ -68,7 +82,7 @@ class Ranks:
     rank 0 checks that all ranks got the same result before it goes to the study.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1, group: Any = None) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1, group: object = None) -> None:
         self.rank, self.world_size, self.group = rank, world_size, group
         self._closed = False
 
@@ -81,12 +95,12 @@ class Ranks:
         import torch.distributed as dist
 
         from nas.proxy.distributed import init_from_env
+        from nas.proxy.runtime import resolve_device
 
-        name = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        kind = torch.device(name).type
-        if kind == "cuda" and torch.device(name).index is None:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        info = init_from_env(kind)
+        resolved = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        info = init_from_env(resolved.type)
         group = dist.new_group(backend="gloo", timeout=timedelta(days=7))  # rank 0 may wait long on the study
         return cls(info.rank, info.world_size, group)
 
@@ -94,26 +108,26 @@ class Ranks:
     def leader(self) -> bool:
         return self.rank == 0
 
-    def _broadcast(self, message: Any) -> Any:
+    def _broadcast(self, message: object) -> Any:
         import torch.distributed as dist
 
         box = [message]
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
-    def _agree(self, result: Any) -> list[Any]:
+    def _agree(self, result: _Result) -> list[tuple[float, float, int]]:
         import torch.distributed as dist
 
-        views: list[Any] = [None] * self.world_size
+        views: list[Any] = [None] * self.world_size  # filled by all_gather_object
         dist.all_gather_object(views, (result.accuracy, result.loss, result.images), group=self.group)
         return views
 
-    def lead(self, train: Callable[[Any, Any, int], Any]) -> Callable[[Any, Any, int], Any]:
+    def lead(self, train: Train) -> Train:
         """``train(arch, trial, seed)`` run on every rank; rank 0's view of it."""
         if self.world_size == 1:
             return train
 
-        def on_all_ranks(arch: Any, trial: Any, seed: int) -> Any:
+        def on_all_ranks(arch: "ArchSpec", trial: "_optuna.Trial | None", seed: int) -> _Result:
             self._broadcast({"arch": arch.to_dict(), "seed": seed})
             result = train(arch, trial, seed)
             views = self._agree(result)
@@ -125,11 +139,10 @@ class Ranks:
             return result
         return on_all_ranks
 
-    def follow(self, train: Callable[[Any, Any, int], Any]) -> int:
+    def follow(self, train: Train) -> int:
         """Train what rank 0 sends until it says stop; returns the exit status (0)."""
-        from search_spaces import ArchSpec
-
         from nas.proxy.train import TrainingDiverged
+        from search_spaces import ArchSpec
 
         while True:
             message = self._broadcast(None)

@@ -1,5 +1,8 @@
 """Reading and checking options: YAML config files, flags, counts, and masking secrets."""
-from nas.config.files import ConfigError, config_fields, make_config, parse_count, public_dict, read_config_file
-from nas.config.secrets import mask_url
+from nas.config.errors import ConfigError
+from nas.config.files import check_types, config_fields, make_config, parse_count, public_dict, read_config_file
+from nas.config.registry import Choices, Registry, choices_help
+from nas.config.secrets import check_url, mask_url
 
-__all__ = ["ConfigError", "config_fields", "make_config", "parse_count", "public_dict", "read_config_file", "mask_url"]
+__all__ = ["ConfigError", "config_fields", "make_config", "parse_count", "public_dict", "read_config_file", "mask_url",
+           "check_url", "check_types", "Choices", "Registry", "choices_help"]

@@ -1,11 +1,38 @@
-"""The proxy task: datasets read into memory, the fast proxy trainer, held-out evaluation, DDP helpers, zero-cost proxies."""
-from nas.proxy.readers import (DataError, read_idx, read_idx_pair, read_cifar, read_digits, make_synthetic)
-from nas.proxy.imagefolder import (IMAGE_EXTENSIONS, list_image_folder, FolderSplit)
-from nas.proxy.data import (DATASETS, DataConfig, ProxyData, TensorSplit, load_data, stratified_split)
-from nas.proxy.distributed import (DistInfo, init_from_env, all_reduce_sum, broadcast_flag, any_flag, average_bn_statistics)
-from nas.proxy.evaluation import (autocast, recalibrate_bn, evaluate)
-from nas.proxy.train import (OPTIMIZERS, AMP_MODES, TrainConfig, TrainResult, TrainingDiverged, train_proxy)
-from nas.proxy.zero_cost import (ZC_PROXIES, score, score_arch)
+"""The proxy task: its settings, datasets read into memory, the fast proxy trainer, where it runs, held-out
+evaluation, DDP helpers, zero-cost proxies."""
+from nas.proxy.config import ProxyTaskConfig, flag_name, proxy_fields
+from nas.proxy.data import (
+    DATASET_REGISTRY,
+    DATASETS,
+    DataConfig,
+    DatasetSpec,
+    ProxyData,
+    TensorSplit,
+    load_data,
+    stratified_split,
+)
+from nas.proxy.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_flag,
+    average_bn_statistics,
+    broadcast_flag,
+    init_from_env,
+)
+from nas.proxy.evaluation import autocast, evaluate, recalibrate_bn
+from nas.proxy.imagefolder import IMAGE_EXTENSIONS, FolderSplit, list_image_folder
+from nas.proxy.readers import DataError, make_synthetic, read_cifar, read_digits, read_idx, read_idx_pair
+from nas.proxy.runtime import (
+    DEVICE_FORMS,
+    check_device,
+    default_amp,
+    device_type,
+    is_device_name,
+    resolve_device,
+    torch_threads,
+)
+from nas.proxy.train import AMP_MODES, OPTIMIZERS, TrainConfig, TrainingDiverged, TrainResult, train_proxy
+from nas.proxy.zero_cost import ZC_PROXIES, score, score_arch
 
 __all__ = [
     "DataError",
@@ -18,6 +45,8 @@ __all__ = [
     "list_image_folder",
     "FolderSplit",
     "DATASETS",
+    "DATASET_REGISTRY",
+    "DatasetSpec",
     "DataConfig",
     "ProxyData",
     "TensorSplit",
@@ -32,12 +61,22 @@ __all__ = [
     "autocast",
     "recalibrate_bn",
     "evaluate",
+    "DEVICE_FORMS",
+    "is_device_name",
+    "device_type",
+    "check_device",
+    "resolve_device",
+    "default_amp",
+    "torch_threads",
     "OPTIMIZERS",
     "AMP_MODES",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
     "train_proxy",
+    "ProxyTaskConfig",
+    "proxy_fields",
+    "flag_name",
     "ZC_PROXIES",
     "score",
     "score_arch",

@@ -8,25 +8,123 @@ workers. The official test split is never read: search decisions use the held-ou
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.config import Choices, Registry
 from nas.proxy.imagefolder import FolderSplit, list_image_folder
-from nas.proxy.readers import DataError, make_synthetic, read_cifar, read_digits, read_idx_pair
+from nas.proxy.readers import (
+    DataError,
+    imagefolder_test_dir,
+    make_synthetic,
+    read_cifar,
+    read_cifar_test,
+    read_digits,
+    read_digits_test,
+    read_idx_pair,
+    read_idx_test,
+)
 
-__all__ = ["DATASETS", "DataError", "DataConfig", "ProxyData", "TensorSplit", "load_data", "stratified_split"]
+__all__ = ["DATASETS", "DATASET_REGISTRY", "DatasetSpec", "DataError", "DataConfig", "ProxyData", "TensorSplit",
+           "load_data", "stratified_split"]
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
-DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+Arrays = tuple[np.ndarray, np.ndarray]  # uint8 (N, C, H, W) images, int64 (N,) labels
+Listing = tuple[list[str], list[str], np.ndarray]  # an image folder: class names, image paths, int64 labels
+Reader = Callable[[str | None, "DataConfig"], "Arrays | Listing"]  # (data directory, config) -> one split
 _IMAGENET_MEAN = (123.675, 116.28, 103.53)  # 0..255 units
 _IMAGENET_STD = (58.395, 57.12, 57.375)
 _PAD_LIMIT = 4  # a size difference up to this many pixels is zero-padded (28 -> 32), not resized
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of the proxy task: how its splits are read, and what it holds.
+
+    Attributes:
+        read_train: ``(data_dir, config) -> split`` of the training files: ``Arrays`` for
+            ``kind="arrays"`` (held in memory at the proxy resolution), a ``Listing`` for
+            ``kind="folder"`` (decoded by DataLoader workers). ``data_dir`` is ``config.data_dir``
+            or ``default_dir``; None only for a dataset that needs no directory (``needs`` None).
+            The held-out split of every search decision is carved from it.
+        read_test: The same for the official test split (Fashion-MNIST / MNIST ``t10k-*``, CIFAR
+            ``test_batch`` / ``test``, an image folder's ``val/``), for the one final evaluation
+            of ``nas-train``; None: no test split (nas-train refuses the dataset). digits has none: its
+            ``read_test`` is a fixed stratified 20 % (``readers.digits_test_index``) that nas-train holds
+            out of training, while the proxy task still sees all 1,797 images. ``load_data`` never calls
+            it: nas-search, nas-grid-scale and nas-proxy-check never read a test split.
+        num_classes: The number of classes; None: from the data (an image folder's class folders).
+        default_dir: The directory read when ``data_dir`` is not given.
+        needs: What ``data_dir`` must hold (for the error when it is missing); None: no directory.
+        kind: ``"arrays"`` or ``"folder"``, the kind of ``read_train``'s result.
+        help: A few words after the name in the ``--dataset`` help ("" for none).
+    """
+
+    read_train: Reader
+    read_test: Reader | None = None
+    num_classes: int | None = 10
+    default_dir: str | None = None
+    needs: str | None = "the folder with its files"
+    kind: Literal["arrays", "folder"] = "arrays"
+    help: str = ""
+
+
+def _idx(data_dir: str | None, config: DataConfig) -> Arrays:
+    return read_idx_pair(cast(str, data_dir))
+
+
+def _cifar(classes: int) -> Reader:
+    return lambda data_dir, config: read_cifar(cast(str, data_dir), classes)
+
+
+def _idx_test(data_dir: str | None, config: DataConfig) -> Arrays:
+    return read_idx_test(cast(str, data_dir))
+
+
+def _cifar_test(classes: int) -> Reader:
+    return lambda data_dir, config: read_cifar_test(cast(str, data_dir), classes)
+
+
+# Adding a dataset is one entry: its name (the --dataset choice) and its spec; readers live in
+# nas/proxy/readers.py (or a module beside it).
+DATASET_REGISTRY: Registry[DatasetSpec] = Registry("--dataset", {
+    "digits": DatasetSpec(lambda data_dir, config: read_digits(), lambda data_dir, config: read_digits_test(),
+                          needs=None),
+    "fashion-mnist": DatasetSpec(_idx, _idx_test, default_dir="/usr/share/datasets/fashion-mnist"),
+    "mnist": DatasetSpec(_idx, _idx_test),
+    "cifar10": DatasetSpec(_cifar(10), _cifar_test(10)),
+    "cifar100": DatasetSpec(_cifar(100), _cifar_test(100), num_classes=100),
+    "imagefolder": DatasetSpec(lambda data_dir, config: list_image_folder(cast(str, data_dir)),
+                               lambda data_dir, config: list_image_folder(imagefolder_test_dir(cast(str, data_dir))),
+                               num_classes=None, needs="a folder of <class>/<image> files", kind="folder"),
+    "synthetic": DatasetSpec(lambda data_dir, config: make_synthetic(config.resolution, config.in_chans), needs=None),
+}, error=DataError)
+DATASETS = Choices(DATASET_REGISTRY)  # the names, read at every use
+
+
+class _DefaultDirs(Mapping[str, str]):
+    """Each dataset's ``default_dir``, read from the registry at every use."""
+
+    def _dirs(self) -> dict[str, str]:
+        return {name: spec.default_dir for name, spec in DATASET_REGISTRY.items() if spec.default_dir}
+
+    def __getitem__(self, name: str) -> str:
+        return self._dirs()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dirs())
+
+    def __len__(self) -> int:
+        return len(self._dirs())
+
+
+DEFAULT_DIRS: Mapping[str, str] = _DefaultDirs()
 
 
 @dataclass(frozen=True)
@@ -34,8 +132,8 @@ class DataConfig:
     """Which dataset, and how to cut and shape it for the proxy task.
 
     Attributes:
-        name: one of ``DATASETS``.
-        data_dir: the dataset's directory; None for the default (Fashion-MNIST:
+        name: one of ``DATASETS`` (the names of ``DATASET_REGISTRY``).
+        data_dir: the dataset's directory; None for its spec's ``default_dir`` (Fashion-MNIST:
             ``/usr/share/datasets/fashion-mnist``; digits and synthetic need none).
         val_size: held-out images carved from the training set: a fraction if < 1, else a count.
         train_size: cap on the training images left after the split (seeded, class-balanced).
@@ -55,8 +153,7 @@ class DataConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise DataError(f"unknown dataset {self.name!r}, expected one of {', '.join(DATASETS)}")
+        DATASET_REGISTRY.lookup(self.name)
         if not (0 < self.val_size < 1 or (self.val_size >= 1 and float(self.val_size).is_integer())):
             raise DataError(f"val_size must be a fraction in (0, 1) or a whole count >= 1, but got {self.val_size!r}")
         if self.train_size is not None and self.train_size < 1:
@@ -147,11 +244,13 @@ class ProxyData:
         return order[rank * per_rank:(rank + 1) * per_rank]
 
     def batches(self, split: str, batch_size: int, *, epoch: int = 0, seed: int = 0, rank: int = 0,
-                world_size: int = 1, device: str | torch.device = "cpu",
-                channels_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                world_size: int = 1, device: str | torch.device = "cpu", channels_last: bool = True,
+                augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalized ``(images, labels)`` batches of this process's shard of ``split``.
 
-        ``train`` and ``calib`` drop the last partial batch; ``val`` keeps it.
+        ``train`` and ``calib`` drop the last partial batch; ``val`` keeps it. ``augment`` maps each
+        uint8 ``(B, C, R, R)`` batch, on ``device``, before it is normalized (``nas-train``'s augmentation).
         """
         device = torch.device(device)
         order = self.shard(split, epoch=epoch, seed=seed, rank=rank, world_size=world_size)
@@ -166,6 +265,8 @@ class ProxyData:
         raw = source.batches(order, batch_size, split != "val", seed, epoch, device.type == "cuda")
         for images, labels in raw:
             images = images.to(device, non_blocking=True)
+            if augment is not None:
+                images = augment(images)
             x = torch.empty((len(images), self.in_chans, *images.shape[2:]), device=device, memory_format=fmt)
             torch.mul(images.float() - mean, inv_std, out=x)  # broadcasts 1 -> 3 channels
             yield x, labels.to(device, non_blocking=True)
@@ -228,24 +329,17 @@ def fit_resolution(images: np.ndarray, resolution: int, in_chans: int, chunk: in
     return torch.cat(resized)
 
 
-def _read_arrays(config: DataConfig) -> tuple[np.ndarray, np.ndarray, int]:
-    data_dir = config.data_dir or DEFAULT_DIRS.get(config.name)
-    if config.name == "digits":
-        return (*read_digits(), 10)
-    if config.name == "synthetic":
-        return (*make_synthetic(config.resolution, config.in_chans), 10)
-    if data_dir is None:
-        raise DataError(f"dataset {config.name!r} needs data_dir (the folder with its files)")
-    if config.name in ("fashion-mnist", "mnist"):
-        return (*read_idx_pair(data_dir), 10)
-    num_classes = 10 if config.name == "cifar10" else 100
-    return (*read_cifar(data_dir, num_classes), num_classes)
+def _read_train(config: DataConfig) -> Arrays | Listing:
+    """The training split of ``config.name``, as its spec reads it (never the test split)."""
+    spec = DATASET_REGISTRY.lookup(config.name)
+    data_dir = config.data_dir or spec.default_dir
+    if data_dir is None and spec.needs is not None:
+        raise DataError(f"dataset {config.name!r} needs data_dir ({spec.needs})")
+    return spec.read_train(data_dir, config)
 
 
-def _load_folder(config: DataConfig) -> ProxyData:
-    if config.data_dir is None:
-        raise DataError("dataset 'imagefolder' needs data_dir (a folder of <class>/<image> files)")
-    classes, paths, labels = list_image_folder(config.data_dir)
+def _load_folder(config: DataConfig, listing: Listing) -> ProxyData:
+    classes, paths, labels = listing
     train, val = _split_indices(labels, config)
 
     def split(index: np.ndarray, is_train: bool) -> FolderSplit:
@@ -280,9 +374,11 @@ def load_data(config: DataConfig) -> ProxyData:
         DataError: unknown dataset, missing directory, missing/truncated/corrupt file,
             image/label count mismatch, empty class folder, a split that leaves nothing.
     """
-    if config.name == "imagefolder":
-        return _load_folder(config)
-    images, labels, num_classes = _read_arrays(config)
+    spec = DATASET_REGISTRY.lookup(config.name)
+    if spec.kind == "folder":
+        return _load_folder(config, cast(Listing, _read_train(config)))
+    images, labels = cast(Arrays, _read_train(config))
+    num_classes = spec.num_classes if spec.num_classes is not None else int(labels.max()) + 1
     train, val = _split_indices(labels, config)
     pixels = fit_resolution(images, config.resolution, config.in_chans)
     labels_t = torch.from_numpy(labels)

@@ -60,7 +60,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]
 
 
 def evaluate(model: nn.Module, data: ProxyData, config: TrainConfig, *, device: torch.device,
-             info: DistInfo = DistInfo(), calib_epoch: int = 0) -> tuple[float, float | None, float]:
+             info: DistInfo = DistInfo(), calib_epoch: int = 0) -> tuple[float, float | None, float]:  # noqa: B008 (a frozen dataclass)
     """Recalibrate BatchNorm (``config.bn_recalibrate_batches``) then score the held-out split.
 
     Returns:

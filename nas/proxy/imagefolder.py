@@ -22,6 +22,27 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _EVAL_CROP = 0.875
 
 
+# The first bytes of each format PIL decodes here (a file's content, not its extension, decides).
+_SIGNATURES = {"JPEG": b"\xff\xd8", "PNG": b"\x89PNG\r\n\x1a\n", "BMP": b"BM", "WebP": b"RIFF"}
+
+
+def _check_header(path: str) -> None:
+    """Refuse a file that is not a JPEG, PNG, BMP or WebP image by its first bytes (a zero-byte JPEG).
+
+    Raises:
+        DataError: naming the file and what its first bytes are.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if any(head.startswith(sig) for sig in _SIGNATURES.values()) and (head[:4] != b"RIFF" or head[8:12] == b"WEBP"):
+        return
+    what = "an empty file (0 bytes)" if not head else f"not an image (it starts with {head[:8]!r})"
+    raise DataError(f"{path}: {what}; expected a {', '.join(_SIGNATURES)} image: remove or replace it")
+
+
 def list_image_folder(directory: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """List ``directory/<class>/<image>`` (or ``directory/train/<class>/<image>``).
 
@@ -29,7 +50,8 @@ def list_image_folder(directory: str | Path) -> tuple[list[str], list[str], np.n
         ``(class names, file paths, labels)``, classes and files in sorted order.
 
     Raises:
-        DataError: missing directory, no class folders, a class folder without images.
+        DataError: missing directory, no class folders, a class folder without images, a file
+            that is not an image by its first bytes (a zero-byte JPEG).
     """
     root = Path(directory).expanduser()
     if not root.is_dir():
@@ -47,6 +69,8 @@ def list_image_folder(directory: str | Path) -> tuple[list[str], list[str], np.n
         )
         if not files:
             raise DataError(f"{root / name}: empty class folder (no {'/'.join(IMAGE_EXTENSIONS)} files)")
+        for path in files:
+            _check_header(path)
         paths += files
         labels += [label] * len(files)
     return classes, paths, np.asarray(labels, dtype=np.int64)
@@ -89,19 +113,20 @@ class _FolderDataset(torch.utils.data.Dataset):
         index, seed, epoch = item
         path = self.paths[index]
         try:
-            with Image.open(path) as img:
-                img = img.convert(self.mode)
+            with Image.open(path) as file:
+                img = file.convert(self.mode)
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: cannot decode image ({e})") from None
+        box: tuple[float, float, float, float]
         if self.train:
             rng = np.random.default_rng([seed, epoch, index])
             box = _random_resized_box(img.width, img.height, rng)
             flip = rng.random() < 0.5
         else:
             box, flip = _eval_box(img.width, img.height), False
-        img = img.resize((self.resolution, self.resolution), Image.BILINEAR, box=box)
+        img = img.resize((self.resolution, self.resolution), Image.Resampling.BILINEAR, box=box)
         if flip:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = np.asarray(img, dtype=np.uint8)
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy(array.copy()), int(self.labels[index])

@@ -2,7 +2,8 @@
 
 Each reader returns ``(images, labels)`` as numpy arrays: ``uint8 (N, C, H, W)`` and
 ``int64 (N,)``, and raises ``DataError`` with a one-line message naming the bad file.
-Only training files are read: the official test split is never used for search decisions.
+``load_data`` reads the training files only; the ``*_test`` readers at the end read the official test
+splits, for the one final evaluation of ``nas-train`` (``nas.final``): search decisions never use them.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "read_idx", "read_idx_pair", "read_cifar", "read_digits", "make_synthetic"]
+__all__ = ["DataError", "read_idx", "read_idx_pair", "read_cifar", "read_digits", "make_synthetic",
+           "read_idx_test", "read_cifar_test", "DIGITS_TEST_FRACTION", "digits_test_index", "read_digits_test",
+           "imagefolder_test_dir"]
 
 
 class DataError(ValueError):
@@ -132,12 +135,14 @@ def read_cifar(directory: str | Path, num_classes: int) -> tuple[np.ndarray, np.
     Raises:
         DataError: missing directory or file, bad pickle, wrong array shape, count mismatch.
     """
+    files = [f"data_batch_{i}" for i in range(1, 6)] if num_classes == 10 else ["train"]
+    return _read_cifar_files(directory, num_classes, files)
+
+
+def _read_cifar_files(directory: str | Path, num_classes: int, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The CIFAR python pickles ``files`` of ``directory`` (or its ``cifar-10-batches-py`` / ``cifar-100-python``)."""
     directory = _existing_dir(directory)
-    sub, files, key = (
-        ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "labels")
-        if num_classes == 10
-        else ("cifar-100-python", ["train"], "fine_labels")
-    )
+    sub, key = ("cifar-10-batches-py", "labels") if num_classes == 10 else ("cifar-100-python", "fine_labels")
     if not (directory / files[0]).exists() and (directory / sub).is_dir():
         directory = directory / sub
     images, labels = [], []
@@ -202,3 +207,69 @@ def _existing_dir(directory: str | Path) -> Path:
 def _check_labels(labels: np.ndarray, num_classes: int, where: Path) -> None:
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{where}: labels span {labels.min()}..{labels.max()}, expected 0..{num_classes - 1}")
+
+
+# -- the official test splits: read by nas-train only (nas.final), never by load_data --------------------------------
+def read_idx_test(directory: str | Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Read the test images and labels (``t10k-*``) of an MNIST-style IDX directory.
+
+    Raises:
+        DataError: missing directory or file, bad file, image/label count mismatch, label out of range.
+    """
+    directory = _existing_dir(directory)
+    images = read_idx(_find_file(directory, "t10k-images-idx3-ubyte"), _IDX_IMAGES)
+    labels = read_idx(_find_file(directory, "t10k-labels-idx1-ubyte"), _IDX_LABELS)
+    if len(images) != len(labels):
+        raise DataError(f"{directory}: {len(images)} test images but {len(labels)} labels")
+    _check_labels(labels, num_classes, directory)
+    return images[:, None], labels.astype(np.int64)
+
+
+def read_cifar_test(directory: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read the CIFAR-10 ``test_batch`` or CIFAR-100 ``test`` pickle (``directory`` as in ``read_cifar``).
+
+    Raises:
+        DataError: missing directory or file, bad pickle, wrong array shape, count mismatch.
+    """
+    return _read_cifar_files(directory, num_classes, ["test_batch" if num_classes == 10 else "test"])
+
+
+DIGITS_TEST_FRACTION = 0.2  # digits has no official test split: a fixed stratified 20 % of the 1,797 images
+
+
+def digits_test_index(labels: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of digits' test part: a stratified 20 % (359 of 1,797 images) drawn with seed 0.
+
+    Each class gives its share (largest remainder); the draw never changes. ``nas-train`` trains on the
+    other 1,438 images and scores on these; the proxy task (``load_data``) still sees all 1,797.
+    """
+    if labels is None:
+        labels = read_digits()[1]
+    rng = np.random.default_rng(0)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * DIGITS_TEST_FRACTION
+    take = np.floor(quota).astype(np.int64)
+    order = np.argsort(-(quota - take), kind="stable")
+    take[order[:round(len(labels) * DIGITS_TEST_FRACTION) - int(take.sum())]] += 1
+    drawn = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(drawn))
+
+
+def read_digits_test() -> tuple[np.ndarray, np.ndarray]:
+    """digits' test part (``digits_test_index``), scaled as ``read_digits``."""
+    images, labels = read_digits()
+    index = digits_test_index(labels)
+    return images[index], labels[index]
+
+
+def imagefolder_test_dir(directory: str | Path) -> Path:
+    """The ``val/`` folder beside ``train/`` of an image folder: its official test split.
+
+    Raises:
+        DataError: the directory or its ``val/`` folder is missing.
+    """
+    root = _existing_dir(directory)
+    if not (root / "val").is_dir():
+        raise DataError(f"{root}: no val/ folder, the test split nas-train scores on "
+                        f"(expected {root}/train/<class>/<image> and {root}/val/<class>/<image>)")
+    return root / "val"

@@ -6,10 +6,11 @@ recalibrates the BatchNorm running statistics on training batches: with TF-style
 close to their initial values and the evaluated accuracy is chance, whatever the network
 learned. With an Optuna trial it reports held-out accuracy during training and stops when
 the pruner says so. Under ``torchrun`` it trains data-parallel (see ``nas.proxy.distributed``).
+``nas-train`` runs final training through this trainer with ``nas.proxy.hooks.TrainHooks`` (optimizer,
+schedule, augmentation, weight average, checkpoints, resume).
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -24,9 +25,11 @@ import torch.nn.functional as F
 from nas.proxy.data import ProxyData
 from nas.proxy.distributed import DistInfo, all_reduce_sum, any_flag, broadcast_flag, init_from_env
 from nas.proxy.evaluation import autocast, evaluate, recalibrate_bn
+from nas.proxy.hooks import EpochEnd, ResumeState, TrainHooks
+from nas.proxy.runtime import DEVICE_FORMS, device_type, is_device_name, resolve_device, torch_threads
 
 __all__ = ["OPTIMIZERS", "AMP_MODES", "TrainConfig", "TrainResult", "TrainingDiverged", "train_proxy",
-           "evaluate", "recalibrate_bn"]
+           "evaluate", "recalibrate_bn", "torch_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class TrainConfig:
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
             ("max_images", self.max_images is None or self.max_images >= 1, ">= 1 or None"),
             ("max_seconds", self.max_seconds is None or self.max_seconds > 0, "> 0 or None"),
-            ("device", self.device == "auto" or _valid_device(self.device), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+            ("device", is_device_name(self.device), DEVICE_FORMS),
             ("amp", self.amp in AMP_MODES, f"one of {AMP_MODES}"),
             ("threads", self.threads is None or self.threads >= 1, ">= 1 or None"),
             ("seed", self.seed >= 0, ">= 0"),
@@ -117,13 +120,6 @@ class TrainResult:
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN/inf or blew up; the message says at which step."""
-
-
-def _valid_device(name: str) -> bool:
-    try:
-        return torch.device(name).type in ("cpu", "cuda")
-    except RuntimeError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -182,19 +178,8 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=config.momentum, foreach=True)
 
 
-def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"TrainConfig.device={name!r} but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
-    return device
-
-
-def train_proxy(model: nn.Module, data: ProxyData, config: TrainConfig, trial: Any = None) -> TrainResult:
+def train_proxy(model: nn.Module, data: ProxyData, config: TrainConfig, trial: Any = None,
+                hooks: TrainHooks | None = None) -> TrainResult:
     """Train ``model`` in place on ``data`` and score it on the held-out split.
 
     Args:
@@ -202,6 +187,7 @@ def train_proxy(model: nn.Module, data: ProxyData, config: TrainConfig, trial: A
         data: from ``nas.proxy.data.load_data``.
         config: the training recipe and budget.
         trial: an Optuna trial (on rank 0 under ``torchrun``) to report held-out accuracy to.
+        hooks: final training's parts (``nas.proxy.hooks``); None: the proxy trainer as it is.
 
     Returns:
         The held-out metrics.
@@ -212,9 +198,8 @@ def train_proxy(model: nn.Module, data: ProxyData, config: TrainConfig, trial: A
         ValueError: invalid configuration for this data or machine.
     """
     start = time.perf_counter()
-    name = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    info = init_from_env(torch.device(name).type)
-    device = _resolve_device(config.device, info)
+    info = init_from_env(device_type(config.device))
+    device = resolve_device(config.device, info.local_rank if info.enabled else None)
     if config.amp == "fp16" and device.type != "cuda":
         raise ValueError("TrainConfig.amp='fp16' needs a CUDA device, but got device 'cpu' (use 'bf16')")
     flushing_before = _flushing_denormals()
@@ -228,21 +213,9 @@ def train_proxy(model: nn.Module, data: ProxyData, config: TrainConfig, trial: A
             torch.manual_seed(config.seed)
             reporting = broadcast_flag(trial is not None, info, device)
             plan = _make_plan(data, config, info, device, reporting)
-            return _Run(model, data, config, trial, device, info, plan, start).run()
+            return _Run(model, data, config, trial, device, info, plan, start, hooks or TrainHooks()).run()
     finally:
         torch.set_flush_denormal(flushing_before)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Torch CPU threads set to ``threads`` (when given) for the block, the caller's setting after."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _flushing_denormals() -> bool:
@@ -254,12 +227,14 @@ class _Run:
     """The state of one ``train_proxy`` call."""
 
     def __init__(self, model: nn.Module, data: ProxyData, config: TrainConfig, trial: Any, device: torch.device,
-                 info: DistInfo, plan: _Plan, start: float):
+                 info: DistInfo, plan: _Plan, start: float, hooks: TrainHooks):
         self.data, self.config, self.trial, self.device, self.info, self.plan = data, config, trial, device, info, plan
-        self.start, self.eval_seconds, self.step = start, 0.0, 0
+        self.start, self.eval_seconds, self.step, self.hooks = start, 0.0, 0, hooks
         fmt = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(device=device, memory_format=fmt)
-        self.optimizer = _make_optimizer(self.model, config)
+        self.optimizer = (hooks.make_optimizer or (lambda m: _make_optimizer(m, config)))(self.model)
+        self.lr_at = (hooks.make_schedule(plan.steps_per_epoch, plan.total_steps) if hooks.make_schedule
+                      else lambda step: _lr_at(step, plan, config.lr))
         net: nn.Module = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -268,23 +243,40 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
         self.window: list[torch.Tensor] = []
         self.epoch_loss, self.epoch_steps = torch.zeros((), device=device), 0
+        self.epoch_hits = torch.zeros((), device=device, dtype=torch.int64)  # counted with an on_epoch hook only
         self.max_loss = math.inf  # set from the first check window
+        if hooks.start is not None:
+            self._resume(hooks.start)
+
+    def _resume(self, state: ResumeState) -> None:
+        self.step = state.step
+        self.optimizer.load_state_dict(state.optimizer)
+        if self.scaler is not None and state.scaler is not None:
+            self.scaler.load_state_dict(state.scaler)
+        if state.rng is not None:
+            torch.set_rng_state(state.rng)
+        if state.cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state.cuda_rng, self.device)
 
     def run(self) -> TrainResult:
         self.model.train()
         reports, metrics, metrics_step = 0, None, -1
         train_start = time.perf_counter()
-        for x, y in self._batches():
+        for x, y in self._batches() if self.step < self.plan.total_steps else ():
             self._step(x, y)
             out_of_time = self._check()
             if self.step in self.plan.report_steps:
                 reports += 1
                 metrics, metrics_step = self._report(reports), self.step
-            if out_of_time or self.step == self.plan.total_steps:
+            done = self.step == self.plan.total_steps
+            if self.hooks.on_epoch and (self.step % self.plan.steps_per_epoch == 0 or done):
+                self._epoch_end()
+            if out_of_time or done:
                 break
         train_seconds = time.perf_counter() - train_start - self.eval_seconds
-        if metrics_step != self.step:
-            metrics = evaluate(self.model, self.data, self.config, device=self.device, info=self.info,
+        if metrics_step != self.step or self.hooks.eval_model is not None:
+            scored = self.hooks.eval_model() if self.hooks.eval_model else self.model
+            metrics = evaluate(scored, self.data, self.config, device=self.device, info=self.info,
                                calib_epoch=10**6 + reports)
         train_loss = all_reduce_sum(self.epoch_loss.double() / max(1, self.epoch_steps), self.info).item()
         return TrainResult(*metrics, epochs=self.step / self.plan.steps_per_epoch,
@@ -294,15 +286,30 @@ class _Run:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Training batches, epoch after epoch (the epoch's loss statistics restart with it)."""
-        for epoch in itertools.count():
+        for epoch in itertools.count(self.step // self.plan.steps_per_epoch):
             self.epoch_loss.zero_()
+            self.epoch_hits.zero_()
             self.epoch_steps = 0
+            augment = self.hooks.augment(epoch, self.info.rank, self.device) if self.hooks.augment else None
             yield from self.data.batches("train", self.config.batch_size, epoch=epoch, seed=self.config.seed,
                                          rank=self.info.rank, world_size=self.info.world_size, device=self.device,
-                                         channels_last=self.config.channels_last)
+                                         channels_last=self.config.channels_last, augment=augment)
+
+    def _epoch_end(self) -> None:
+        t0 = time.perf_counter()
+        sums = torch.stack([self.epoch_loss.double(), self.epoch_hits.double()])
+        loss, hits = (all_reduce_sum(sums, self.info) / self.info.world_size).tolist()
+        steps = max(1, self.epoch_steps)
+        assert self.hooks.on_epoch is not None
+        self.hooks.on_epoch(EpochEnd(
+            epoch=math.ceil(self.step / self.plan.steps_per_epoch), step=self.step, total_steps=self.plan.total_steps,
+            steps_per_epoch=self.plan.steps_per_epoch, train_loss=loss / steps,
+            train_top1=hits / (steps * self.config.batch_size), lr=self.lr_at(self.step - 1), model=self.model,
+            optimizer=self.optimizer, scaler=self.scaler))
+        self.eval_seconds += time.perf_counter() - t0
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        lr = _lr_at(self.step, self.plan, self.config.lr)
+        lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.device, self.config.amp):
@@ -322,6 +329,10 @@ class _Run:
         else:
             self.optimizer.step()
         self.step += 1
+        if self.hooks.on_epoch is not None:
+            self.epoch_hits += (logits.detach().argmax(1) == y).sum()
+        if self.hooks.after_step is not None:
+            self.hooks.after_step(self.model, self.step)
         loss = loss.detach()
         self.window.append(loss)
         self.epoch_loss += loss
@@ -342,7 +353,7 @@ class _Run:
             at = first_step + int(bad[0]) if len(bad) else self.step
             what = (f"{losses[int(bad[0])].item()}" if len(bad)
                     else f"mean {losses.mean().item():.3g} > {self.max_loss:.3g}")
-            lr = _lr_at(at - 1, self.plan, self.config.lr)
+            lr = self.lr_at(at - 1)
             self._fail(f"training diverged at step {at} of {self.plan.total_steps} "
                        f"(epoch {at / self.plan.steps_per_epoch:.2f}, lr {lr:.3g}): loss {what}")
         over = self.config.max_seconds is not None and time.perf_counter() - self.start > self.config.max_seconds

@@ -23,25 +23,21 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from nas.config import Registry
+from nas.proxy.data import ProxyData
 from search_spaces import ArchSpec, build_model
 
-from nas.proxy.data import ProxyData
-
-ZC_PROXIES = ("synflow", "naswot", "grad_norm", "snip")
+Scorer = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]  # (model, images, labels) -> score, higher better
 
 # Activation units whose would-be-ReLU pattern (the sign of their input) is a NASWOT code.
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.GELU, nn.Mish)
-
-
-def _check_name(name: str) -> None:
-    if name not in ZC_PROXIES:
-        raise ValueError(f"unknown zero-cost proxy {name!r}, expected one of {', '.join(ZC_PROXIES)}")
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
@@ -77,7 +73,7 @@ def _snip(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return torch.stack([(w * g).abs().sum() for w, g in _loss_grads(model, x, y)]).sum().item()
 
 
-def _synflow(model: nn.Module, x: torch.Tensor) -> float:
+def _synflow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net = copy.deepcopy(model).double().eval()
     for parent in list(net.modules()):  # the reference's default 'synflow' runs with BN as a no-op
         for child_name, child in list(parent.named_children()):
@@ -102,7 +98,7 @@ def _synflow(model: nn.Module, x: torch.Tensor) -> float:
     return torch.logsumexp(logs, 0).item()
 
 
-def _naswot(model: nn.Module, x: torch.Tensor) -> float:
+def _naswot(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net = _scoring_copy(model)
     gram = torch.zeros((len(x), len(x)), dtype=torch.float64, device=x.device)
     units = 0
@@ -123,6 +119,17 @@ def _naswot(model: nn.Module, x: torch.Tensor) -> float:
     # +-1 codes: s_i . s_j = N_A - 2 Hamming(c_i, c_j), so K_H = N_A - Hamming = (N_A + s_i . s_j) / 2.
     kernel = (units + gram) / 2
     return torch.linalg.slogdet(kernel).logabsdet.item()
+
+
+# Adding a zero-cost proxy is one entry: its name (``--proxy zc:NAME``, ``--prescreen-proxy NAME``,
+# ``nas-proxy-check --proxies zc:NAME``) and a scoring function of (model, images, labels); it is
+# called on a model it must leave unchanged (score on a copy), with gradients enabled.
+ZC_PROXIES: Registry[Scorer] = Registry("zero-cost proxy", {
+    "synflow": _synflow,
+    "naswot": _naswot,
+    "grad_norm": _grad_norm,
+    "snip": _snip,
+}, error=ValueError)
 
 
 def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> float:
@@ -162,15 +169,9 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> floa
         ValueError: ``name`` is not a known proxy.
         FloatingPointError: synflow's network output itself overflows float64.
     """
-    _check_name(name)
+    scorer = ZC_PROXIES.lookup(name)
     with torch.enable_grad():
-        if name == "synflow":
-            return _synflow(model, x)
-        if name == "naswot":
-            return _naswot(model, x)
-        if name == "grad_norm":
-            return _grad_norm(model, x, y)
-        return _snip(model, x, y)
+        return scorer(model, x, y)
 
 
 def score_arch(arch: ArchSpec, data: ProxyData, name: str, *, seed: int = 0, batch_size: int = 64, batches: int = 1,
@@ -197,7 +198,7 @@ def score_arch(arch: ArchSpec, data: ProxyData, name: str, *, seed: int = 0, bat
         ValueError: an unknown ``name``, ``batches`` below 1, or a training split too small for
             ``batches`` full batches of ``batch_size``.
     """
-    _check_name(name)
+    ZC_PROXIES.lookup(name)
     if batches < 1 or batch_size < 1 or batches * batch_size > data.num_train:
         raise ValueError(f"cannot take {batches} batches of {batch_size} from {data.num_train} training images")
     torch.manual_seed(seed)

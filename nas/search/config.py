@@ -6,22 +6,30 @@ Flow: ``--config file.yaml`` -> command-line flags override -> ``SearchConfig`` 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from nas.config import ConfigError, parse_count
+from nas.config import Choices, ConfigError, parse_count
+from nas.proxy.config import ProxyTaskConfig
+from nas.proxy.zero_cost import ZC_PROXIES
+from nas.search.study import PRUNER_REGISTRY, SAMPLER_REGISTRY
 
-SAMPLERS = ("tpe", "random", "nsga2", "gp", "rl")
-PRUNERS = ("hyperband", "median", "none")
+# The names of the registries, read at every use: an entry added to a registry is a valid choice.
+SAMPLERS = Choices(SAMPLER_REGISTRY)
+PRUNERS = Choices(PRUNER_REGISTRY)
 REWARDS = ("soft", "hard")
-ZC_NAMES = ("synflow", "naswot", "grad_norm", "snip")  # nas.proxy.zero_cost.ZC_PROXIES (a test keeps them equal)
-PROXIES = ("train", *(f"zc:{n}" for n in ZC_NAMES))
+ZC_NAMES = Choices(ZC_PROXIES)
+PROXIES = Choices(lambda: ("train", *(f"zc:{n}" for n in ZC_PROXIES)))
 COSTS = ("macs", "latency")
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    """Everything ``nas-search`` needs; field names are the CLI flags with ``-`` -> ``_``."""
+class SearchConfig(ProxyTaskConfig):
+    """Everything ``nas-search`` needs; field names are the CLI flags with ``-`` -> ``_``.
+
+    The proxy-task fields (dataset, data split, training budget, device) and their checks are
+    ``nas.proxy.ProxyTaskConfig``'s; they come first in the field order.
+    """
 
     # objective
     target_flops: int = 400_000_000
@@ -36,18 +44,6 @@ class SearchConfig:
     proxy: str = "train"  # or "zc:NAME": a zero-cost score at initialization stands in for accuracy
     prescreen: str | None = None  # "K:k": score K sampled architectures, queue the best k to train first
     prescreen_proxy: str = "synflow"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    proxy_resolution: int = 32
-    val_size: float = 0.1
-    train_size: int | None = None
-    epochs: float = 1.0
-    batch_size: int = 128
-    lr: float | None = None  # None: the trainer's default
-    max_seconds: float | None = None  # per-trial training budget
-    device: str = "auto"
-    threads: int | None = None
-    train: dict = field(default_factory=dict)  # any other TrainConfig field
     # controller
     trials: int = 20
     timeout: float | None = None
@@ -88,18 +84,14 @@ class SearchConfig:
             ("pruner", self.pruner in PRUNERS, f"one of {PRUNERS}"),
             ("trials", isinstance(self.trials, int) and self.trials >= 1, "an integer >= 1"),
             ("timeout", self.timeout is None or self.timeout > 0, "> 0 seconds"),
-            ("epochs", self.epochs > 0, "> 0"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
             ("flops_band", self.flops_band >= 1, ">= 1"),
             ("resolution", self.resolution >= 8, ">= 8 pixels"),
-            ("proxy_resolution", self.proxy_resolution >= 8, ">= 8 pixels"),
-            ("val_size", self.val_size > 0, "> 0 (a fraction < 1 or a count)"),
             ("study_name", bool(self.study_name), "a non-empty name"),
-            ("train", isinstance(self.train, dict), "a mapping of trainer settings"),
         )
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')} must be {expected}, but got {getattr(self, name)!r}")
+        super().__post_init__()  # the proxy task's own checks
 
     @property
     def out_dir(self) -> Path:
@@ -116,4 +108,6 @@ class SearchConfig:
     @property
     def target(self) -> float:
         """T of the reward: MACs, or seconds with ``--cost latency``."""
-        return self.target_latency if self.cost == "latency" else self.target_flops
+        if self.cost == "latency" and isinstance(self.target_latency, (int, float)):  # parsed to seconds
+            return float(self.target_latency)
+        return self.target_flops

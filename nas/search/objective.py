@@ -10,23 +10,19 @@ import contextlib
 import math
 import os
 import socket
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.cluster.lease import CLAIM_ATTR
+from nas.cluster.optuna_private import set_trial_system_attr
+from nas.cluster.trials import FINISHED, counted, reported_as
+from nas.search.config import SearchConfig
+from nas.search.reward import reward
 from search_spaces import ArchSpec, count_cost
 from search_spaces.space import SearchSpace
-
-from nas.config import ConfigError
-
-from nas.search.config import SearchConfig
-from nas.cluster.lease import CLAIM_ATTR
-from nas.search.reward import reward
-
-from nas.cluster.trials import FINISHED, counted
 
 
 class StopAtTrials:
@@ -101,8 +97,10 @@ class Objective:
         if reused is not None:
             return reused
         trial.set_user_attr("trained", True)
+        scored = None if self.multi_objective else reported_as(  # reports rewards: a pruned trial is valued by one
+            trial, lambda acc: reward(acc, value, cfg.target, cfg.reward_exponent, cfg.reward))
         try:
-            result = self.train(arch, None if self.multi_objective else trial, cfg.seed + trial.number)
+            result = self.train(arch, scored, cfg.seed + trial.number)
         except RuntimeError as exc:  # TrainingDiverged and friends: record why, the study goes on
             if "reason" not in trial.user_attrs:
                 trial.set_user_attr("reason", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
@@ -154,7 +152,7 @@ class Objective:
             done = sum(counted(t) for t in trials)
             if done >= self.cfg.trials and "retry_of" not in trial.user_attrs:  # a retry was in flight already
                 self._prune(trial, f"not trained: the study holds its {done} trials")
-            trial.study._storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, trial.number)
+            set_trial_system_attr(trial, CLAIM_ATTR, trial.number)
         return None
 
     @staticmethod

@@ -5,7 +5,8 @@ after another; each step's input is an embedding of the previous choice, so ever
 conditioned on all earlier ones. Our search space suggests its parameters one by one, so the
 sampler decodes in ``sample_independent`` and keeps each running trial's LSTM state; it needs no
 relative search space and works from the very first trial (whose policy is uniform: the heads
-start at zero).
+start at zero). Integer and float parameters are learned too, as the bin of their range that holds
+them (``nas.search.rl_tokens``).
 
 Before each new trial the policy takes one REINFORCE step per finished trial it has not learned
 from yet, read from the study's storage, whichever worker ran it: every worker learns from every
@@ -22,22 +23,22 @@ import random
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import optuna
 import torch
 import torch.nn.functional as F
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.cluster.optuna_private import all_trials, trial_id
 from nas.proxy.train import torch_threads
+from nas.search.rl_tokens import BINS, Key, Value, key, steps, tokens
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 REJECTED = "rejected untrained"  # the prefix of the ``reason`` of a trial rejected before training
 _MAX_OPEN = 256  # running trials whose LSTM state is kept (more only if trials are never told)
-
-Key = tuple[str, tuple]  # (parameter name, its choices): one head and one embedding each
 
 
 class _Controller:
@@ -202,7 +203,7 @@ class _Baseline:
 
 
 class RLSampler(optuna.samplers.BaseSampler):
-    """An LSTM controller over categorical parameters, trained by REINFORCE on the study's trials.
+    """An LSTM controller over the trial's parameters, trained by REINFORCE on the study's trials.
 
     Rewards: a COMPLETE trial's value (negated when the study minimizes). A FAILED trial, or one
     PRUNED untrained with a ``reason`` starting "rejected untrained" (outside the MACs band), gets
@@ -215,8 +216,12 @@ class RLSampler(optuna.samplers.BaseSampler):
     Advantages are normalized by a moving baseline (see ``_Baseline``); each trial gives one Adam
     step on ``-(advantage * log p(choices) + entropy_weight * entropy)``.
 
-    Non-categorical parameters are drawn by a seeded ``RandomSampler`` and are not part of the
-    policy. Deterministic for a given ``seed`` in one process; torch's global RNG is never used.
+    Integer and float parameters are tokens of the policy as categorical ones are: the bin of their
+    range (at most ``bins``; one per value for a short integer range) is learned, the value drawn
+    uniformly within it (``nas.search.rl_tokens``). Deterministic for a given ``seed`` in one
+    process; torch's global RNG is never used. It pickles and deep-copies (Optuna's
+    save-the-sampler recipe, ``pickle.dump(study.sampler, f)``): a restored copy continues as the
+    original would.
     A few milliseconds a trial (42 parameters, 2 CPU cores), on one torch thread: MKL and oneDNN
     split even a 42 x 32 matmul across threads, and on a busy machine each such op waits for a core.
 
@@ -227,13 +232,17 @@ class RLSampler(optuna.samplers.BaseSampler):
         entropy_weight: Weight of the entropy bonus (entropy summed over the parameters).
         hidden: LSTM width (also the embedding width).
         penalty: Reward of failed and rejected trials; ``None``: the lowest reward seen so far.
+        bins: The most tokens of an integer or float parameter.
     """
 
     def __init__(self, seed: int | None = None, *, lr: float = 0.005, baseline_decay: float = 0.9,
-                 entropy_weight: float = 0.01, hidden: int = 32, penalty: float | None = None) -> None:
+                 entropy_weight: float = 0.01, hidden: int = 32, penalty: float | None = None,
+                 bins: int = BINS) -> None:
+        if bins < 1:
+            raise ValueError(f"bins must be >= 1, but got {bins!r}")
         seed = _os_seed() if seed is None else seed
         self._rng = random.Random(seed)
-        self._random = optuna.samplers.RandomSampler(seed=seed)
+        self._bins = bins
         self._controller = _Controller(hidden, lr, torch.Generator().manual_seed(seed + 1))
         self._baseline = _Baseline(baseline_decay)
         self._entropy_weight = entropy_weight
@@ -244,6 +253,17 @@ class RLSampler(optuna.samplers.BaseSampler):
         self._open: OrderedDict[int, _State] = OrderedDict()  # trial id -> its decoding
         self._lock = threading.RLock()
 
+    def __getstate__(self) -> dict[str, object]:
+        """Everything but the lock (a lock cannot be pickled; a copy gets its own)."""
+        with self._lock:
+            state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     @property
     def trials_learned(self) -> int:
         """How many finished trials the policy has taken in (those skipped included)."""
@@ -251,13 +271,13 @@ class RLSampler(optuna.samplers.BaseSampler):
 
     def reseed_rng(self) -> None:
         self._rng.seed(_os_seed())
-        self._random.reseed_rng()
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Value]:
+        _check_single_objective(study)
         return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -265,38 +285,37 @@ class RLSampler(optuna.samplers.BaseSampler):
         _check_single_objective(study)
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
         # The storage, not study.get_trials: with Hyperband, ``study`` sees one bracket only.
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=_FINISHED)
+        trials = all_trials(study, _FINISHED)
         with self._lock, torch_threads(1):
             for t in sorted((t for t in trials if t.number not in self._learned), key=lambda t: t.number):
                 self._learned.add(t.number)
                 self._take(t, sign)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+                           param_distribution: BaseDistribution) -> Value:
         """The policy's next choice for ``param_name``, given the trial's earlier choices."""
-        if not isinstance(param_distribution, CategoricalDistribution):
-            return self._random.sample_independent(study, trial, param_name, param_distribution)
         _check_single_objective(study)
+        tok = tokens(param_distribution, self._bins)
         with self._lock, torch_threads(1):
-            state = self._open.pop(trial._trial_id, None) or self._controller.begin()
-            self._open[trial._trial_id] = state
+            state = self._open.pop(trial_id(trial), None) or self._controller.begin()
+            self._open[trial_id(trial)] = state
             while len(self._open) > _MAX_OPEN:
                 self._open.popitem(last=False)
             # Catch up on the choices made without us (enqueued, single-choice, other samplers).
-            for key, index in _steps(trial, list(trial.params)[state.fed:]):
-                self._controller.feed(state, self._controller.step(state, key)[1] + index)
-            logits, off = self._controller.step(state, (param_name, param_distribution.choices))
+            for done, index in steps(trial, list(trial.params)[state.fed:], self._bins):
+                self._controller.feed(state, self._controller.step(state, done)[1] + index)
+            logits, off = self._controller.step(state, key(param_name, param_distribution, self._bins))
             cumulative = np.cumsum(np.exp(logits - logits.max()))
             index = min(int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right")),
                         len(cumulative) - 1)
             self._controller.feed(state, off + index)
             state.fed = len(trial.params) + 1
-        return param_distribution.to_external_repr(index)
+            return tok.value(index, self._rng)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
         with self._lock:
-            self._open.pop(trial._trial_id, None)
+            self._open.pop(trial_id(trial), None)
 
     # -- learning ---------------------------------------------------------------------------------
     def reward(self, trial: FrozenTrial, sign: float = 1.0) -> float | None:
@@ -307,8 +326,8 @@ class RLSampler(optuna.samplers.BaseSampler):
             sign: 1 when the study maximizes, -1 when it minimizes.
         """
         if trial.state == TrialState.COMPLETE:
-            value = sign * trial.value
-            return value if math.isfinite(value) else None
+            value = None if trial.value is None else sign * trial.value
+            return value if value is not None and math.isfinite(value) else None
         if _penalized(trial):
             return self._penalty if self._penalty is not None else self._lowest
         return None
@@ -327,18 +346,10 @@ class RLSampler(optuna.samplers.BaseSampler):
             self._update(t, self.reward(t, sign))  # type: ignore[arg-type]
 
     def _update(self, trial: FrozenTrial, r: float) -> None:
-        steps = list(_steps(trial, list(trial.params)))
-        if not steps:
+        taken = list(steps(trial, list(trial.params), self._bins))
+        if not taken:
             return
-        self._controller.learn(steps, self._baseline.advantage(r), self._entropy_weight)
-
-
-def _steps(trial: FrozenTrial, names: list[str]):
-    """(key, choice index) of ``trial``'s categorical parameters ``names``, in that order."""
-    for name in names:
-        dist = trial.distributions[name]
-        if isinstance(dist, CategoricalDistribution):
-            yield (name, dist.choices), int(dist.to_internal_repr(trial.params[name]))
+        self._controller.learn(taken, self._baseline.advantage(r), self._entropy_weight)
 
 
 def _penalized(trial: FrozenTrial) -> bool:
@@ -346,8 +357,6 @@ def _penalized(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL or (
         trial.state == TrialState.PRUNED and not trial.user_attrs.get("trained")
         and str(trial.user_attrs.get("reason", "")).startswith(REJECTED))
-
-
 
 
 def _check_single_objective(study: optuna.Study) -> None:

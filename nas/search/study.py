@@ -1,61 +1,79 @@
 """The Optuna study: samplers and pruners by name, seeds, opening or resuming a study, queued seed networks."""
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import socket
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Callable
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from search_spaces import ArchSpec, count_cost
+from nas.config import ConfigError, Registry
+from search_spaces import ArchSpec
 from search_spaces.space import SearchSpace
 
-from nas.config import ConfigError
+if TYPE_CHECKING:  # nas.search.config reads the registries below: no import of it at run time
+    from nas.search.config import SearchConfig
 
-from nas.search.config import SearchConfig
-from nas.cluster.lease import CLAIM_ATTR
-from nas.search.reward import reward
+SamplerFactory = Callable[[int | None, int], optuna.samplers.BaseSampler]  # (seed, startup trials) -> sampler
+
+
+def _tpe(seed: int | None, n_startup: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=n_startup)
+
+
+def _rl(seed: int | None, n_startup: int) -> optuna.samplers.BaseSampler:
+    from nas.search.rl_sampler import RLSampler  # torch: loaded when the controller is asked for
+
+    return RLSampler(seed=seed)
+
+
+# Adding a sampler is one entry: its name (the --sampler choice) and a factory of (seed, startup trials).
+SAMPLER_REGISTRY: Registry[SamplerFactory] = Registry("--sampler", {
+    "tpe": _tpe,
+    "random": lambda seed, n_startup: optuna.samplers.RandomSampler(seed=seed),
+    "nsga2": lambda seed, n_startup: optuna.samplers.NSGAIISampler(seed=seed),
+    "gp": lambda seed, n_startup: optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup),
+    "rl": _rl,
+}, notes={"rl": "MnasNet-style policy-gradient controller"})
+
+# Adding a pruner is one entry: its name (the --pruner choice) and a factory.
+PRUNER_REGISTRY: Registry[Callable[[], optuna.pruners.BasePruner]] = Registry("--pruner", {
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    "none": optuna.pruners.NopPruner,
+})
+
 
 def make_sampler(name: str, seed: int | None, n_startup: int = 10) -> optuna.samplers.BaseSampler:
+    """The sampler ``name`` of ``SAMPLER_REGISTRY``, seeded.
+
+    Raises:
+        ConfigError: ``name`` is not in the registry (the message lists every entry).
+    """
+    factory = SAMPLER_REGISTRY.lookup(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
-                                              n_startup_trials=n_startup)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
-        if name == "rl":
-            from nas.search.rl_sampler import RLSampler
-
-            return RLSampler(seed=seed)
-    raise ConfigError(f"--sampler must be one of tpe, random, nsga2, gp, rl, but got {name!r}")
+        return factory(seed, n_startup)
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ConfigError(f"--pruner must be one of hyperband, median, none, but got {name!r}")
+    """The pruner ``name`` of ``PRUNER_REGISTRY``.
+
+    Raises:
+        ConfigError: ``name`` is not in the registry (the message lists every entry).
+    """
+    return PRUNER_REGISTRY.lookup(name)()
 
 
 def worker_index() -> int:
-    """This worker's index from the launcher (SLURM array / task, Kubernetes indexed job), else 0."""
-    for var in ("NAS_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "JOB_COMPLETION_INDEX"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+    """This worker's index from the launcher (``nas.cluster.workers.launcher_index``), else 0."""
+    from nas.cluster.workers import launcher_index
+
+    index = launcher_index()
+    return 0 if index is None else index
 
 
 def sampler_seed(seed: int, study: optuna.Study | None = None, slot: int | None = None) -> int:
@@ -76,7 +94,7 @@ def study_directions(cfg: SearchConfig) -> list[str]:
     return ["maximize", "minimize"] if cfg.sampler == "nsga2" else ["maximize"]
 
 
-def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
+def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, object]:
     """What a resumed ``nas-search`` study must agree on."""
     settings = {"space_digest": space.digest(), "target_flops": cfg.target_flops, "resolution": cfg.resolution,
                 "reward": cfg.reward, "reward_exponent": cfg.reward_exponent, "dataset": cfg.dataset}
@@ -87,7 +105,8 @@ def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
     return settings
 
 
-def open_study(name: str, storage: Any, directions: list[str], settings: dict[str, Any],
+def open_study(name: str, storage: str | optuna.storages.BaseStorage, directions: list[str],
+               settings: Mapping[str, object],
                sampler: optuna.samplers.BaseSampler | Callable[[optuna.Study], optuna.samplers.BaseSampler],
                pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """Create or resume the study ``name``; refuse to resume one made with other settings.
@@ -101,7 +120,8 @@ def open_study(name: str, storage: Any, directions: list[str], settings: dict[st
     try:  # loading writes nothing, so a refused resume leaves the study exactly as it was
         probe = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
     except KeyError:
-        probe = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
+        probe = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                    directions=[optuna.study.StudyDirection[d.upper()] for d in directions])
         for key, value in settings.items():
             probe.set_user_attr(key, value)
     existing = [d.name.lower() for d in probe.directions]
@@ -130,7 +150,10 @@ def prescreen(space: SearchSpace, cfg: SearchConfig, score: Callable[[ArchSpec],
 
     The sample is seeded by ``cfg.seed`` alone, so every worker would draw the same one.
     """
-    many, keep = cfg.prescreen_counts
+    counts = cfg.prescreen_counts
+    if counts is None:
+        raise ConfigError(f"--prescreen must be K:k with whole numbers K >= k >= 1, but got {cfg.prescreen!r}")
+    many, keep = counts
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
     archs: dict[str, ArchSpec] = {}
     for _ in range(200 * many):

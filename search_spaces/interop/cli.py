@@ -8,30 +8,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 
 import torch
 
+from nas.cli.common import Parser
 from search_spaces.builder import Network, build_model
-from search_spaces.interop.export import (FORMATS, ONNX_OPSET, ExportCheckFailed, ExportError, atomic_write, export_onnx,
-                     export_torchscript, python_source, timm_source)
+from search_spaces.files import atomic_write
+from search_spaces.interop.export import (
+    FORMATS,
+    ONNX_OPSET,
+    ExportCheckFailed,
+    ExportError,
+    export_onnx,
+    export_torchscript,
+)
+from search_spaces.interop.standalone import python_source
+from search_spaces.interop.timm_def import timm_source
+from search_spaces.interop.weights import FORMATS as WEIGHT_FORMATS
+from search_spaces.interop.weights import (
+    PADDINGS,
+    WeightsError,
+    from_native,
+    has_tf_padding,
+    pretrained_model,
+    use_tf_padding,
+)
 from search_spaces.presets import list_presets, resolve_arch
 from search_spaces.spec import ArchSpec, SpecError
-from search_spaces.interop.weights import FORMATS as WEIGHT_FORMATS
-from search_spaces.interop.weights import PADDINGS, WeightsError, from_native, has_tf_padding, pretrained_model, use_tf_padding
 
 PROG = "nas-export"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arch", help="preset name (e.g. efficientnet-b0) or architecture YAML file (e.g. best.yaml)")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="what to write [onnx]")
     p.add_argument("--out", help="output file, or a directory for the default name "
@@ -53,18 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_name(ref: str, arch: ArchSpec, fmt: str) -> str:
-    name = arch.name or (Path(ref).stem if Path(ref).is_file() else "model")
+    """The file name for ``fmt`` from the architecture's ``name`` (else the YAML file's), made safe.
+
+    ``name`` comes from a YAML file anyone may have written (a shared ``best.yaml``): only letters,
+    digits, ``_``, ``.`` and ``-`` are kept (``../../x`` -> ``x``, ``/etc/x`` -> ``etc_x``), so the
+    name is one plain file name and never a path.
+    """
+    raw = arch.name or (Path(ref).stem if Path(ref).is_file() else "")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._-")[:100] or "model"
     ident = re.sub(r"\W|^(?=\d)", "_", name)
     return {"onnx": f"{name}.onnx", "torchscript": f"{name}.torchscript.pt", "python": f"{ident}.py",
             "timm": f"{ident}_timm.py"}[fmt]
 
 
+def _inside(directory: Path, name: str) -> Path:
+    """``directory / name``, refused unless it lies directly in ``directory`` (a plain file name)."""
+    path = directory / name
+    if os.path.dirname(os.path.normpath(os.path.abspath(path))) != os.path.normpath(os.path.abspath(directory)):
+        raise ExportError(f"the default file name {name!r} would leave the output directory {str(directory)!r}")
+    return path
+
+
 def _out_paths(args: argparse.Namespace, arch: ArchSpec) -> tuple[Path, Path | None]:
     """The output file, and the weights file written beside a Python one (with ``--weights``)."""
     default = _default_name(args.arch, arch, args.format)
-    out = Path(args.out) if args.out else Path(default)
+    out = Path(args.out) if args.out else _inside(Path("."), default)
     if out.is_dir():
-        out = out / default
+        out = _inside(out, default)
     if not out.parent.is_dir():
         raise ExportError(f"--out directory {str(out.parent)!r} does not exist")
     if args.format in ("python", "timm") and out.suffix != ".py":

@@ -20,7 +20,8 @@ Keys are not the whole story: each library also fixes a padding rule and a Batch
 which a state dict does not record. ``source_convention`` says which; ``pretrained_model`` builds
 the network that way. TensorFlow-trained weights (efficientnet_pytorch, timm ``tf_*``,
 torchvision B5-B7) were trained with TF "SAME" padding, which pads stride-2 convolutions
-asymmetrically (the odd pixel bottom/right); ``use_tf_padding`` reproduces it on a built model.
+asymmetrically (the odd pixel bottom/right); ``use_tf_padding`` (``interop/padding.py``) reproduces
+it on a built model.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: nothing but tensors and plain
 containers is ever unpickled.
@@ -28,19 +29,19 @@ containers is ever unpickled.
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from search_spaces.builder import Network, build_model, resolve
+from search_spaces.builder import Layer, Network, build_model, resolve
+from search_spaces.interop.padding import Conv2dSameTF, has_tf_padding, use_tf_padding
 from search_spaces.spec import ArchSpec, round_repeats
 
 __all__ = ["FORMATS", "PADDINGS", "WeightsError", "Conv2dSameTF", "use_tf_padding", "has_tf_padding",
-           "load_checkpoint", "detect_format", "source_convention", "key_map", "to_native", "from_native",
-           "load_weights", "pretrained_model"]
+           "load_checkpoint", "detect_format", "source_convention", "layout_problem", "key_map", "to_native",
+           "from_native", "load_weights", "pretrained_model"]
 
 FORMATS = ("native", "efficientnet_pytorch", "torchvision", "timm")
 PADDINGS = ("symmetric", "same_tf")
@@ -48,49 +49,6 @@ PADDINGS = ("symmetric", "same_tf")
 
 class WeightsError(ValueError):
     """A checkpoint cannot be read, or does not fit the model."""
-
-
-# --- TensorFlow "SAME" padding ----------------------------------------------------------------
-
-class Conv2dSameTF(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow's "SAME" padding, computed from the input size in ``forward``.
-
-    Output size ``ceil(in / stride)``; the total padding is split with the odd pixel at the
-    bottom/right (efficientnet_pytorch's ``Conv2dDynamicSamePadding``, timm's ``Conv2dSame``).
-    Parameters and state-dict keys are those of the ``nn.Conv2d`` it replaces.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
-        kh, kw = self.weight.shape[-2:]
-        sh, sw = self.stride
-        dh, dw = self.dilation
-        ph = max((-(-ih // sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
-        pw = max((-(-iw // sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
-        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-def use_tf_padding(model: nn.Module) -> int:
-    """Swap every strided ``nn.Conv2d`` of ``model`` for a ``Conv2dSameTF`` sharing its parameters.
-
-    Stride-1 convolutions with odd kernels already pad as TF does ((k-1)/2 each side), so only
-    strided ones change. Returns the number of convolutions swapped.
-    """
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d) and not isinstance(child, Conv2dSameTF) and child.stride != (1, 1):
-                conv = Conv2dSameTF(child.in_channels, child.out_channels, child.kernel_size, child.stride, 0,
-                                    child.dilation, child.groups, child.bias is not None)
-                conv.weight, conv.bias = child.weight, child.bias
-                setattr(parent, name, conv)
-                swapped += 1
-    return swapped
-
-
-def has_tf_padding(model: nn.Module) -> bool:
-    return any(isinstance(m, Conv2dSameTF) for m in model.modules())
 
 
 # --- reading checkpoints --------------------------------------------------------------------------
@@ -122,29 +80,39 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises its own error types
             raise WeightsError(f"{path} is not a safetensors file: {_first_line(exc)}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ..." on stderr for a file that is no checkpoint
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(exc)
         if "global" not in reason.lower():
-            raise WeightsError(f"{path} is not a PyTorch checkpoint: {reason}") from None
-        raise WeightsError(f"{path}: refused to unpickle it: it holds objects other than tensors and plain "
-                           f"containers (torch.load(weights_only=True): {reason})") from None
-    except Exception as exc:  # zip/EOF/format errors come as RuntimeError, EOFError, ValueError...
+            raise WeightsError(f"{path} is not a PyTorch checkpoint the weights-only loader can read: {reason}") \
+                from None
+        raise WeightsError(f"{path}: refused to unpickle it: it holds code or objects other than tensors and plain "
+                           f"containers, and nothing of it was run (torch.load(weights_only=True): {reason})") from None
+    except Exception as exc:  # zip/EOF/format errors come as RuntimeError, EOFError, ValueError, KeyError...
         raise WeightsError(f"{path} is not a PyTorch checkpoint: {_first_line(exc)}") from None
     return _unwrap(obj, str(path))
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _unpickler_reason(exc: BaseException) -> str:
-    """The one informative sentence of torch's long weights-only error."""
+    """The one informative sentence of torch's long weights-only error (``Unsupported global: GLOBAL io.open
+    ...``, ``Trying to load unsupported GLOBAL posix.system whose module posix is blocked``, ``Unsupported
+    operand 149``); torch words the sentences around it differently from release to release."""
     text = str(exc)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    lines = [ln.strip() for ln in text.replace("WeightsUnpickler error:", "\n").splitlines() if ln.strip()]
+    named = [ln for ln in lines if "global" in ln.lower()]
+    if named:
+        line = named[0]
+    elif "WeightsUnpickler error:" in text:
+        line = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0] or type(exc).__name__
+    else:
+        line = lines[-1] if lines else type(exc).__name__
     return line.split(". ")[0].rstrip(".")
 
 
@@ -244,32 +212,40 @@ _GLOBAL_NAMES = {  # {head}: torchvision's index of the head conv, after the las
 _BLOCK_PREFIX = {"efficientnet_pytorch": "_blocks.{j}", "torchvision": "features.{s1}.{i}", "timm": "blocks.{s}.{i}"}
 
 
-def _check_expressible(arch: ArchSpec, fmt: str) -> None:
-    """Refuse architectures whose behaviour the library of ``fmt`` cannot reproduce, whatever the keys."""
-    layers = resolve(arch).layers
-    for j, l in enumerate(layers):
-        residual = l.stride == 1 and l.in_channels == l.out_channels
-        problem = None
-        if l.shortcut == "pool":
-            problem = "a pooling shortcut"
-        elif l.op not in _BLOCK_NAMES[fmt]:
-            problem = f"op {l.op!r}"
-        elif l.op == "conv" and l.se_reduced:
-            problem = "squeeze-excite after a regular conv"
-        elif fmt != "timm" and l.act != "silu":
-            problem = f"activation {l.act!r} (it uses SiLU throughout)"
-        elif fmt != "timm" and l.op == "mbconv" and l.expansion == 1:
-            problem = "an MBConv with expansion 1 (it has no expansion conv there: use 'ds')"
-        elif fmt != "timm" and (l.shortcut == "identity") != residual:
-            problem = "a layer without its residual (noskip)"
-        elif fmt == "torchvision" and l.se_reduced != max(1, l.in_channels // 4):
-            problem = f"SE width {l.se_reduced} (it always has squeeze-excite of input_channels // 4)"
+def _layer_problem(l: Layer, fmt: str) -> str | None:
+    residual = l.stride == 1 and l.in_channels == l.out_channels
+    if l.shortcut == "pool":
+        return "a pooling shortcut"
+    if l.op not in _BLOCK_NAMES[fmt]:
+        return f"op {l.op!r}"
+    if l.op == "conv" and l.se_reduced:
+        return "squeeze-excite after a regular conv"
+    if fmt == "timm":
+        return None
+    if l.act != "silu":
+        return f"activation {l.act!r} (it uses SiLU throughout)"
+    if l.op == "mbconv" and l.expansion == 1:
+        return "an MBConv with expansion 1 (it has no expansion conv there: use 'ds')"
+    if (l.shortcut == "identity") != residual:
+        return "a layer without its residual (noskip)"
+    if fmt == "torchvision" and l.se_reduced != max(1, l.in_channels // 4):
+        return f"SE width {l.se_reduced} (it always has squeeze-excite of input_channels // 4)"
+    return None
+
+
+def layout_problem(arch: ArchSpec, fmt: str) -> str | None:
+    """Why the library of the layout ``fmt`` cannot reproduce ``arch``'s behaviour, whatever the keys, or None."""
+    _check_format(fmt)
+    if fmt == "native":
+        return None
+    for j, l in enumerate(resolve(arch).layers):
+        problem = _layer_problem(l, fmt)
         if problem:
-            raise WeightsError(f"the {fmt} layout cannot express layer {j} ({l.op}, {l.in_channels}->"
-                               f"{l.out_channels}): {problem}")
+            return f"the {fmt} layout cannot express layer {j} ({l.op}, {l.in_channels}->{l.out_channels}): {problem}"
     if fmt != "timm" and (not arch.head_channels or arch.act != "silu"):
-        raise WeightsError(f"the {fmt} layout needs a head conv and SiLU activation, but got "
-                           f"head_channels={arch.head_channels}, act={arch.act!r}")
+        return (f"the {fmt} layout needs a head conv and SiLU activation, but got "
+                f"head_channels={arch.head_channels}, act={arch.act!r}")
+    return None
 
 
 def _positions(arch: ArchSpec) -> list[tuple[int, int]]:
@@ -287,7 +263,9 @@ def key_map(model: Network, fmt: str) -> dict[str, str]:
     if fmt == "native":
         return {k: k for k in model.state_dict()}
     arch = model.arch
-    _check_expressible(arch, fmt)
+    problem = layout_problem(arch, fmt)
+    if problem:
+        raise WeightsError(problem)
     layers, positions = resolve(arch).layers, _positions(arch)
     globals_ = {k: v.format(head=len(arch.stages) + 1) for k, v in _GLOBAL_NAMES[fmt].items()}
     out: dict[str, str] = {}
@@ -295,8 +273,8 @@ def key_map(model: Network, fmt: str) -> dict[str, str]:
         module, leaf = key.rsplit(".", 1)
         theirs = globals_.get(module)
         if module.startswith("blocks."):
-            _, j, part, rest = module.split(".", 3)
-            j = int(j)
+            _, index, part, rest = module.split(".", 3)
+            j = int(index)
             s, i = positions[j]
             name = _BLOCK_NAMES[fmt][layers[j].op].get(rest) if part == "main" else None
             theirs = None if name is None else _BLOCK_PREFIX[fmt].format(j=j, s=s, s1=s + 1, i=i) + "." + name

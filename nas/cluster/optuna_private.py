@@ -1,0 +1,113 @@
+"""Every private Optuna API the toolkit uses, one function each, with the reason it is needed.
+
+Optuna 5 has no public way to reach a study's storage, to write system attributes, or to ask for
+the heartbeats of running trials, and its heartbeat protocol (``BaseHeartbeat``) lives in a private
+module. Everything of that kind goes through this module, nowhere else; ``tests/test_optuna_private.py``
+checks each use on a real study and fails loudly when an Optuna release changes one. Tested on
+the Optuna versions of ``TESTED_OPTUNA`` (the pin in ``setup.cfg``).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Container
+
+import optuna
+from optuna._typing import JSONSerializable as _JSONSerializable
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat as _BaseHeartbeat
+from optuna.study._frozen import FrozenStudy as _FrozenStudy
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+__all__ = ["TESTED_OPTUNA", "JSONValue", "BaseHeartbeat", "FrozenStudy", "storage_of", "study_id", "trial_id",
+           "study_system_attrs",
+           "set_study_system_attr", "set_trial_system_attr", "all_trials", "heartbeat_enabled", "stale_trial_ids",
+           "cached", "uncached", "running_heartbeats", "journal_file_path"]
+
+TESTED_OPTUNA = ">=4.3,<5.1"  # 4.3 brought UpdateFinishedTrialError; 4.3.0, 4.5.0 and 5.0.0 pass the tests
+# What an attribute may hold: Optuna's own type for it (``optuna._typing``), so that our storage wrapper's
+# method signatures are the ones it overrides.
+JSONValue = _JSONSerializable
+
+# The heartbeat protocol a storage implements to have its stale trials failed by ``study.optimize``
+# (``record_heartbeat``, ``_get_stale_trial_ids``, ...): Optuna exports no public base class for it.
+BaseHeartbeat = _BaseHeartbeat
+# What ``BaseStorage.get_all_studies`` returns: a storage wrapper names it, and Optuna does not export it.
+FrozenStudy = _FrozenStudy
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    """The study's storage: worker slots, claims and leases are storage-level (``Study`` has no accessor)."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """The study's storage id: storage calls take it, ``Study`` exposes only its name."""
+    return study._study_id
+
+
+def trial_id(trial: Trial | FrozenTrial) -> int:
+    """The trial's storage id: storage calls take it, trials expose only their number."""
+    return trial._trial_id
+
+
+def study_system_attrs(study: optuna.Study) -> dict[str, JSONValue]:
+    """The study's system attributes: ``Study.system_attrs`` was removed in Optuna 4; worker slots live there."""
+    return storage_of(study).get_study_system_attrs(study_id(study))
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value: JSONValue) -> None:
+    """``Study.set_system_attr`` was removed in Optuna 4; worker slots stay out of the user's attributes."""
+    storage_of(study).set_study_system_attr(study_id(study), key, value)
+
+
+def set_trial_system_attr(trial: Trial, key: str, value: JSONValue) -> None:
+    """``Trial.set_system_attr`` was removed in Optuna 4; claims and leases stay out of the user's attributes."""
+    storage_of(trial.study).set_trial_system_attr(trial_id(trial), key, value)
+
+
+def all_trials(study: optuna.Study, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+    """Every trial of the study, not copied: under Hyperband a sampler's ``study`` is one bracket's view,
+    whose ``get_trials`` filters."""
+    return storage_of(study).get_all_trials(study_id(study), deepcopy=False, states=states)
+
+
+def heartbeat_enabled(storage: BaseStorage) -> bool:
+    """Whether ``study.optimize`` runs a heartbeat for ``storage`` (``optuna.storages._heartbeat``)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+def stale_trial_ids(storage: BaseHeartbeat, study_id: int) -> list[int]:
+    """The running trials whose heartbeat is older than the grace period: the hook ``fail_stale_trials`` calls."""
+    return storage._get_stale_trial_ids(study_id)
+
+
+def cached(rdb: RDBStorage) -> BaseStorage:
+    """Optuna's read cache of an RDB storage (finished trials read once), as ``optuna.load_study(url)`` has it:
+    ``get_storage`` adds it only to a bare ``RDBStorage``, and ours is wrapped."""
+    return optuna.storages._CachedStorage(rdb)
+
+
+def uncached(storage: BaseStorage) -> BaseStorage:
+    """The storage under Optuna's read cache (``_CachedStorage._backend``), else ``storage`` itself."""
+    return storage._backend if isinstance(storage, optuna.storages._CachedStorage) else storage
+
+
+def running_heartbeats(rdb: RDBStorage, study_id: int) -> dict[int, datetime | None]:
+    """``{trial id: last heartbeat}`` of the study's running trials (None: none recorded). Optuna has no
+    public query for it; the tables are ``optuna.storages._rdb.models``."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    t, h = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    select = (sa.select(t.c.trial_id, h.c.heartbeat).select_from(t.outerjoin(h, t.c.trial_id == h.c.trial_id))
+              .where(t.c.study_id == study_id, t.c.state == TrialState.RUNNING))
+    with rdb.engine.connect() as conn:
+        return {trial_id: beat for trial_id, beat in conn.execute(select)}
+
+
+def journal_file_path(storage: JournalStorage) -> str | None:
+    """The file of a journal storage (``JournalStorage._backend._file_path``; None for Redis and others):
+    the study lock is a file next to it."""
+    return getattr(storage._backend, "_file_path", None)

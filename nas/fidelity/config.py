@@ -1,0 +1,133 @@
+"""``nas-proxy-check``'s frozen configuration: the architectures, the proxies, the reference, the proxy task."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from nas.config import ConfigError, make_config, parse_count
+from nas.proxy.config import ProxyTaskConfig, proxy_fields
+
+__all__ = ["DEFAULT_PROXIES", "TASK_FIELDS", "ZC_BATCHES", "CheckConfig", "format_epochs", "parse_proxies"]
+
+DEFAULT_PROXIES = "train:1,zc:synflow,zc:naswot,zc:grad_norm,zc:snip"
+ZC_BATCHES = 1  # a zero-cost score is taken on one batch of --batch-size training images, as nas-search takes it
+# The proxy-task settings that apply here: every field of ProxyTaskConfig but ``epochs`` (each run sets its own:
+# --proxies train:EPOCHS, --reference-epochs).
+TASK_FIELDS = tuple(f.name for f in proxy_fields() if f.name != "epochs")
+
+
+def format_epochs(epochs: float) -> str:
+    """``1.0`` -> ``"1"``, ``0.25`` -> ``"0.25"``: the epoch count as written in a method name."""
+    short = f"{epochs:g}"
+    return short if float(short) == epochs else repr(float(epochs))
+
+
+def parse_proxies(value: str | Sequence[object]) -> tuple[str, ...]:
+    """``"train:1,zc:synflow"`` (or a sequence of such items) -> normalized method names, in order.
+
+    Raises:
+        ConfigError: an item that is not ``train:E`` with E > 0 or ``zc:NAME`` of a known zero-cost proxy.
+    """
+    items = value.split(",") if isinstance(value, str) else [str(s) for s in value]
+    methods: list[str] = []
+    for item in filter(None, (s.strip() for s in items)):
+        method = _parse_proxy(item)
+        if method not in methods:
+            methods.append(method)
+    if not methods:
+        raise ConfigError(f"--proxies must list at least one proxy like {DEFAULT_PROXIES}, but got {value!r}")
+    return tuple(methods)
+
+
+def _parse_proxy(item: str) -> str:
+    kind, _, arg = item.partition(":")
+    if kind == "train":
+        try:
+            epochs = float(arg)
+        except ValueError:
+            epochs = math.nan
+        if not (math.isfinite(epochs) and epochs > 0):
+            raise ConfigError(f"--proxies item {item!r}: expected train:EPOCHS with EPOCHS > 0, "
+                              f"like train:1 or train:0.5")
+        return f"train:{format_epochs(epochs)}"
+    if kind == "zc":
+        try:
+            from nas.proxy.zero_cost import ZC_PROXIES
+        except ImportError as exc:
+            raise ConfigError(f"--proxies item {item!r}: zero-cost proxies need nas.proxy.zero_cost, which does not "
+                              f"import ({exc}); use train:EPOCHS proxies only") from None
+        if arg not in ZC_PROXIES:
+            raise ConfigError(f"--proxies item {item!r}: unknown zero-cost proxy {arg!r}, expected one of "
+                              f"{', '.join('zc:' + n for n in ZC_PROXIES)}")
+        return item
+    raise ConfigError(f"--proxies item {item!r}: expected train:EPOCHS (like train:1) or zc:NAME (like zc:synflow)")
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """Everything ``nas-proxy-check`` needs; field names are the CLI flags with ``-`` -> ``_``.
+
+    ``task`` is the proxy task (``nas.proxy.ProxyTaskConfig``, validated as nas-search validates it);
+    a mapping of ``TASK_FIELDS`` is accepted in its place. Its ``epochs`` are the reference's (each run
+    sets its own), and this config's ``seed`` seeds its data split.
+    """
+
+    archs: int = 20
+    seed: int = 0
+    target_flops: int = 400_000_000
+    flops_band: float = 4.0
+    include_b0: bool = False
+    proxies: tuple[str, ...] = tuple(DEFAULT_PROXIES.split(","))  # a comma list or a sequence is parsed
+    reference_epochs: float = 5.0
+    reference_seeds: int = 2
+    task: ProxyTaskConfig = field(default_factory=ProxyTaskConfig)  # or a mapping of TASK_FIELDS
+    out: str = "runs/proxy-check"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_flops", parse_count(self.target_flops))
+        object.__setattr__(self, "proxies", parse_proxies(self.proxies))
+        checks = (
+            ("archs", self.archs >= 3, "an integer >= 3 (a ranking needs at least 3 architectures)"),
+            ("seed", self.seed >= 0, ">= 0"),
+            ("flops_band", self.flops_band >= 1, ">= 1"),
+            ("reference_epochs", math.isfinite(self.reference_epochs) and self.reference_epochs > 0, "> 0"),
+            ("reference_seeds", self.reference_seeds >= 1, "an integer >= 1 (2 or more measure seed-to-seed noise)"),
+            ("out", bool(self.out), "a directory"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')} must be {expected}, but got {getattr(self, name)!r}")
+        object.__setattr__(self, "task", self._task(self.task))
+
+    def _task(self, task: ProxyTaskConfig | Mapping[str, object] | None) -> ProxyTaskConfig:
+        if isinstance(task, ProxyTaskConfig):
+            values = {k: getattr(task, k) for k in TASK_FIELDS}
+        else:
+            values = dict(task or {})
+            unknown = sorted(set(values) - set(TASK_FIELDS))
+            if unknown:
+                raise ConfigError(f"unknown proxy-task setting {unknown[0]!r}, expected one of "
+                                  f"{', '.join(TASK_FIELDS)}")
+        config: ProxyTaskConfig = make_config(ProxyTaskConfig, {}, {**values, "epochs": self.reference_epochs})
+        return config
+
+    @property
+    def reference_method(self) -> str:
+        return f"train:{format_epochs(self.reference_epochs)}"
+
+    @property
+    def reference_seed_values(self) -> tuple[int, ...]:
+        """Training seeds of the reference runs; proxies train with ``seed``, so no run is shared."""
+        return tuple(self.seed + 1 + i for i in range(self.reference_seeds))
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    def public(self) -> dict[str, object]:
+        """The settings as plain data, the proxy task reduced to its ``TASK_FIELDS``."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "task"}
+        return {**own, "task": {k: getattr(self.task, k) for k in TASK_FIELDS}}
