@@ -192,19 +192,18 @@ def derived(tmp_path_factory):
     first = _derive("--config", str(config), "--stop-after", "grid")
     assert first.returncode == 0, first.stdout + first.stderr
     trials = len(list(csv.DictReader((out / "1-search/leaderboard.csv").open())))
-    after_grid = {"markers": _markers(out), "trials": trials,
+    after_grid = {"markers": _markers(out), "trials": trials, "families_existed": (out / "3-families").exists(),
                   "journal": (out / "1-search/study.journal").read_bytes(), "stdout": first.stdout}
     second = _derive("--config", str(config))
     assert second.returncode == 0, second.stdout + second.stderr
     return {"out": out, "config": config, "tmp": tmp, "after_grid": after_grid, "stdout": second.stdout}
 
 
-@pytest.mark.xfail(strict=False, reason="in progress at the session stop: fails on this tree, see the closing note")
 @pytest.mark.slow
 def test_stop_after_grid_then_resume_at_the_first_unfinished_step(derived):
     out, before = derived["out"], derived["after_grid"]
     assert sorted(before["markers"]) == ["1-search/done.json", "2-grid/done.json"]
-    assert not (out / "3-families").exists()
+    assert not before["families_existed"]
     lines = before["stdout"].splitlines()
     assert [ln.split("] ")[1].split()[:2] for ln in lines if "] " in ln] == [
         ["search", "started"], ["search", "done"], ["grid", "started"], ["grid", "done"]]

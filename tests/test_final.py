@@ -243,7 +243,6 @@ def test_rand_augment_changes_images_within_range() -> None:
     assert torch.equal(out, rand_augment(images, torch.Generator().manual_seed(0)))
 
 
-@pytest.mark.xfail(strict=False, reason="in progress at the session stop: fails on this tree, see the closing note")
 # ------------------------------------------------------------------------------------------ the command
 @pytest.mark.parametrize("args, fragment", [
     (["efficientnet-b9"], "unknown preset 'efficientnet-b9'"),
@@ -254,13 +253,14 @@ def test_rand_augment_changes_images_within_range() -> None:
     (["TINY", "--dataset", "synthetic"], "has no test split"),
     (["TINY", "--dataset", "fashion-mnist", "--data-dir", "/nonexistent"], "/nonexistent"),
     (["TINY", "--batch-size", "5000"], "--batch-size 5000 exceeds the 256 training images"),
-    (["TINY", "--val-size", "300"], "--val-size 300 leaves 300 of 1438"),
+    (["TINY", "--val-size", "1438"], "--val-size 1438 leaves 1438 of 1438"),
     (["TINY", "--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(args: list[str], fragment: str, tiny: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    argv = [str(tiny) if a == "TINY" else a for a in args] + ["--out", str(out), *QUICK]
+    # QUICK first: a flag given twice takes its last value, so the bad one must come after it
+    argv = [*QUICK, *(str(tiny) if a == "TINY" else a for a in args), "--out", str(out)]
     code, stdout, stderr = run_cli(argv, capsys)
     assert code == 2 and stdout == ""
     assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("nas-train: error: ") and fragment in stderr
@@ -377,7 +377,6 @@ def _epoch_of(path: Path) -> int:
         return 0
 
 
-@pytest.mark.xfail(strict=False, reason="in progress at the session stop: fails on this tree, see the closing note")
 def test_sigkill_mid_run_then_rerun_resumes_where_it_stopped(tiny: Path, tmp_path: Path) -> None:
     epochs = 40
     argv = [sys.executable, "-m", "nas.cli.train", str(tiny), "--epochs", str(epochs), *QUICK]
@@ -450,15 +449,14 @@ def _opened(tmp_path: Path, name: str, module: str, args: list[str]) -> list[str
     return log.read_text().splitlines()
 
 
-@pytest.mark.xfail(strict=False, reason="in progress at the session stop: fails on this tree, see the closing note")
 @pytest.mark.slow
 def test_only_nas_train_opens_a_test_split(tiny: Path, tmp_path: Path) -> None:
     data = _small_fashion_mnist(tmp_path / "fmnist")
     task = ["--dataset", "fashion-mnist", "--data-dir", str(data), "--proxy-resolution", "16", "--train-size", "128",
             "--batch-size", "32", "--threads", "1"]
     commands = {
-        "nas-search": ("nas.cli.search", ["--trials", "2", "--epochs", "0.25", "--seed-arch", str(tiny),
-                                          "--target-flops", "2M", "--flops-band", "1000", "--quiet", *task]),
+        "nas-search": ("nas.cli.search", ["--trials", "2", "--epochs", "0.25", "--seed-arch", "efficientnet-b0",
+                                          "--quiet", *task]),
         "nas-grid-scale": ("scaling.cli", ["--base", str(tiny), "--epochs", "0.25", "--step", "0.2", "--max", "1.4",
                                            "--max-candidates", "2", "--phi", "1", "--quiet", *task]),
         "nas-proxy-check": ("nas.cli.proxy_check", ["--archs", "3", "--proxies", "zc:synflow",

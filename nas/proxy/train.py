@@ -260,7 +260,8 @@ class _Run:
 
     def run(self) -> TrainResult:
         self.model.train()
-        reports, metrics, metrics_step = 0, None, -1
+        # reports counted from step 0, so that a resumed run calibrates on the batches an uninterrupted one does
+        reports, metrics, metrics_step = sum(1 for s in self.plan.report_steps if s <= self.step), None, -1
         train_start = time.perf_counter()
         for x, y in self._batches() if self.step < self.plan.total_steps else ():
             self._step(x, y)
