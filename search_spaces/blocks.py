@@ -11,11 +11,13 @@ once in ``__init__``. Shortcuts:
 """
 from __future__ import annotations
 
-from functools import partial
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Norm = Callable[[int], nn.Module]  # the BatchNorm layer of a channel count (``partial(nn.BatchNorm2d, ...)``)
 
 _ACT_LAYERS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish}
 
@@ -75,7 +77,7 @@ class ConvBNAct(nn.Sequential):
     """Conv (no bias, 'same' padding for odd kernels) -> BatchNorm -> activation (or none)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
-                 act: str | None = "silu", bn: partial | None = None) -> None:
+                 act: str | None = "silu", bn: Norm | None = None) -> None:
         bn = bn or nn.BatchNorm2d
         super().__init__(
             Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False),
@@ -122,7 +124,7 @@ class DropPath(nn.Module):
         return f"p={self.p:.4f}"
 
 
-def make_shortcut(kind: str | None, in_ch: int, out_ch: int, stride: int, bn: partial) -> nn.Module | None:
+def make_shortcut(kind: str | None, in_ch: int, out_ch: int, stride: int, bn: Norm) -> nn.Module | None:
     """The shortcut module for a resolved skip kind (``identity``, ``pool`` or None)."""
     if kind is None:
         return None
@@ -150,11 +152,11 @@ class Block(nn.Module):
         out = self.main(x)
         if not self.has_skip:
             return out
-        return self.shortcut(x) + self.drop_path(out)
+        return cast(nn.Module, self.shortcut)(x) + self.drop_path(out)  # has_skip: not None
 
 
 def mbconv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
-           act: str, bn: partial) -> nn.Sequential:
+           act: str, bn: Norm) -> nn.Sequential:
     """MBConv: 1x1 expand -> kxk depthwise -> SE -> 1x1 linear project (timm's InvertedResidual)."""
     mid = in_ch * expansion
     return nn.Sequential(
@@ -166,7 +168,7 @@ def mbconv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se
 
 
 def dsconv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
-           act: str, bn: partial) -> nn.Sequential:
+           act: str, bn: Norm) -> nn.Sequential:
     """Depthwise-separable: kxk depthwise -> SE -> 1x1 linear project (EfficientNet's MBConv1)."""
     return nn.Sequential(
         ConvBNAct(in_ch, in_ch, kernel, stride, groups=in_ch, act=act, bn=bn),
@@ -176,7 +178,7 @@ def dsconv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se
 
 
 def conv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
-         act: str, bn: partial) -> nn.Sequential:
+         act: str, bn: Norm) -> nn.Sequential:
     """Regular conv: kxk conv -> BN -> act -> SE."""
     return nn.Sequential(
         ConvBNAct(in_ch, out_ch, kernel, stride, act=act, bn=bn),

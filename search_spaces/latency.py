@@ -28,7 +28,7 @@ import time
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -309,7 +309,7 @@ class LatencyTable:
             parts = self.parts(arch)
             medians, whole = self._measure(parts, build_model(arch, self.num_classes, self.in_chans))
             self._store({k: v for k, v in medians.items() if k not in self.entries})
-            diffs.append(whole - sum(medians[p.key] for p in parts))
+            diffs.append(cast(float, whole) - sum(medians[p.key] for p in parts))
         self.measurements += len(archs)
         self._overheads[self._context()] = statistics.median(diffs)
         self._save()

@@ -137,9 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SpecError, DataError) as exc:
         return error_exit(PROG, exc)
     except TrainingDiverged as exc:
-        return error_exit(PROG, f"{exc}; the last checkpoint is kept (try a lower --lr)")
+        return error_exit(PROG, TrainingDiverged(f"{exc}; the last checkpoint is kept (try a lower --lr)"))
     except OSError as exc:
-        return error_exit(PROG, f"cannot write the outputs: {exc}", EXIT_STORAGE)
+        return error_exit(PROG, OSError(f"cannot write the outputs: {exc}"), EXIT_STORAGE)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ import signal
 import subprocess
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence, TypeVar
 
 if TYPE_CHECKING:
     import optuna as _optuna
+    from torch.distributed import ProcessGroup
 
     from search_spaces import ArchSpec
 
@@ -18,12 +19,21 @@ import optuna
 
 
 class _Result(Protocol):
-    accuracy: float
-    loss: float
-    images: int
+    """What the ranks compare of a training result (``nas.proxy.TrainResult``, a frozen dataclass)."""
+
+    @property
+    def accuracy(self) -> float: ...
+
+    @property
+    def loss(self) -> float: ...
+
+    @property
+    def images(self) -> int: ...
 
 
+_R = TypeVar("_R", bound=_Result)
 Train = Callable[["ArchSpec", Optional["_optuna.Trial"], int], _Result]
+_TrainOf = Callable[["ArchSpec", Optional["_optuna.Trial"], int], _R]  # a Train that returns an _R
 
 __all__ = ["Ranks", "split_nproc", "under_torchrun", "relaunch_under_torchrun"]
 
@@ -82,7 +92,7 @@ class Ranks:
     rank 0 checks that all ranks got the same result before it goes to the study.
     """
 
-    def __init__(self, rank: int = 0, world_size: int = 1, group: object = None) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1, group: "ProcessGroup | None" = None) -> None:
         self.rank, self.world_size, self.group = rank, world_size, group
         self._closed = False
 
@@ -122,12 +132,12 @@ class Ranks:
         dist.all_gather_object(views, (result.accuracy, result.loss, result.images), group=self.group)
         return views
 
-    def lead(self, train: Train) -> Train:
+    def lead(self, train: _TrainOf[_R]) -> _TrainOf[_R]:
         """``train(arch, trial, seed)`` run on every rank; rank 0's view of it."""
         if self.world_size == 1:
             return train
 
-        def on_all_ranks(arch: "ArchSpec", trial: "_optuna.Trial | None", seed: int) -> _Result:
+        def on_all_ranks(arch: "ArchSpec", trial: "_optuna.Trial | None", seed: int) -> _R:
             self._broadcast({"arch": arch.to_dict(), "seed": seed})
             result = train(arch, trial, seed)
             views = self._agree(result)

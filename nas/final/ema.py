@@ -29,7 +29,7 @@ class WeightEMA:
             raise ValueError(f"WeightEMA decay must be in [0, 1), but got {decay!r}")
         self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).requires_grad_(False)
-        self._ema = [p for p in self.model.parameters()]
+        self._ema: list[torch.Tensor] = [p for p in self.model.parameters()]
         self._ema_buffers = [b for b in self.model.buffers()]
 
     def decay_at(self, n: int) -> float:

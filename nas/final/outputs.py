@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -152,6 +153,6 @@ def result_line(metrics: dict[str, object]) -> str:
     return (f"{metrics['arch']} on {metrics['dataset']}: test top-1 {metrics['test_top1']:.4f}"
             + ("" if top5 is None else f", top-5 {top5:.4f}")
             + ("" if held is None else f", held-out top-1 {held:.4f}")
-            + f"; {metrics['macs'] / 1e6:.1f}M MACs at {metrics['resolution']} px"
-            + f", {metrics['params'] / 1e6:.2f}M params"
+            + f"; {cast(float, metrics['macs']) / 1e6:.1f}M MACs at {metrics['resolution']} px"
+            + f", {cast(float, metrics['params']) / 1e6:.2f}M params"
             + f"; {metrics['epochs']:g} epochs, {metrics['images']:,} images, {metrics['seconds']:.0f} s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -74,7 +75,7 @@ def average_bn_statistics(model: nn.Module, info: DistInfo) -> None:
         return
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            mean, var = m.running_mean, m.running_var
+            mean, var = m.running_mean, cast(torch.Tensor, m.running_var)  # set with running_mean
             moments = torch.stack([mean, var + mean.square()]).double()
             dist.all_reduce(moments, op=dist.ReduceOp.SUM)
             moments /= info.world_size

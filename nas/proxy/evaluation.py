@@ -8,7 +8,7 @@ over training batches (``recalibrate_bn``), then scores the held-out split.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, TypedDict
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from nas.proxy.train import TrainConfig
 
 __all__ = ["autocast", "recalibrate_bn", "evaluate"]
+
+
+class _Shard(TypedDict):
+    """The keyword arguments of ``ProxyData.batches`` that place batches: this process's shard and device."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    channels_last: bool
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -66,7 +75,7 @@ def evaluate(model: nn.Module, data: ProxyData, config: TrainConfig, *, device: 
     Returns:
         ``(top-1 accuracy, top-5 accuracy or None, mean cross-entropy)`` over all processes.
     """
-    kw = dict(rank=info.rank, world_size=info.world_size, device=device, channels_last=config.channels_last)
+    kw: _Shard = dict(rank=info.rank, world_size=info.world_size, device=device, channels_last=config.channels_last)
     mixed = autocast(device, config.amp)
     if config.bn_recalibrate_batches:
         calib = data.batches("calib", config.batch_size, epoch=calib_epoch, seed=config.seed, **kw)

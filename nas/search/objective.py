@@ -11,7 +11,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -106,16 +106,16 @@ class Objective:
                 trial.set_user_attr("reason", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
             raise
         r = reward(result.accuracy, value, cfg.target, cfg.reward_exponent, cfg.reward)
-        for k, v in (("accuracy", result.accuracy), ("top5", result.top5), ("loss", result.loss),
-                     ("reward", r), ("seconds", result.seconds), ("epochs", result.epochs),
-                     ("images", result.images)):
-            trial.set_user_attr(k, v)
+        for k, metric in (("accuracy", result.accuracy), ("top5", result.top5), ("loss", result.loss),
+                          ("reward", r), ("seconds", result.seconds), ("epochs", result.epochs),
+                          ("images", result.images)):
+            trial.set_user_attr(k, metric)
         return (result.accuracy, float(value)) if self.multi_objective else r
 
     def cost_of(self, arch: ArchSpec, macs: int | None = None) -> float:
         """The reward's cost: MACs at ``--resolution``, or estimated latency in seconds."""
         if self.cfg.cost == "latency":
-            return self.latency(arch)
+            return cast("Callable[[ArchSpec], float]", self.latency)(arch)  # set with --cost latency
         return count_cost(arch, self.cfg.resolution).macs if macs is None else macs
 
     def out_of_band(self, value: float) -> str | None:
@@ -128,7 +128,7 @@ class Objective:
             return f"rejected untrained: {value * 1e3:.2f} ms outside [{low * 1e3:.2f} ms, {high * 1e3:.2f} ms]"
         return f"rejected untrained: {value / 1e6:.1f}M MACs outside [{low / 1e6:.1f}M, {high / 1e6:.1f}M]"
 
-    def _claim(self, trial: optuna.Trial, key: str) -> float | tuple[float, ...] | None:
+    def _claim(self, trial: optuna.Trial, key: str) -> float | tuple[float, float] | None:
         """Under the study lock: an earlier result of the same architecture, or prune, or claim it.
 
         Returns the values of a completed twin; prunes when a twin was pruned while training, is
@@ -144,7 +144,7 @@ class Objective:
                     trial.set_user_attr("duplicate_of", t.user_attrs.get("duplicate_of", t.number))
                     for k in ("accuracy", "top5", "reward"):
                         trial.set_user_attr(k, t.user_attrs.get(k))
-                    return tuple(t.values) if self.multi_objective else t.values[0]
+                    return cast("tuple[float, float]", tuple(t.values)) if self.multi_objective else t.values[0]
                 if t.state == TrialState.PRUNED and t.user_attrs.get("trained"):
                     self._prune(trial, f"duplicate of trial {t.number}, pruned while training")
                 if t.state == TrialState.RUNNING and t.system_attrs.get(CLAIM_ATTR) == t.number:
