@@ -84,6 +84,8 @@ Stages (timm grammar): {stages}
 Width x{width:g}, depth x{depth:g}, deployment resolution {resolution}; {padding} padding.
 """
 from __future__ import annotations
+
+from functools import partial
 '''
 
 _ARCH_TEMPLATE = '''
