@@ -212,7 +212,7 @@ def train_final(arch: ArchSpec, cfg: FinalConfig, out_dir: Path, *, progress: Em
     with torch.random.fork_rng(devices=[]):  # the initial weights follow --seed, and the caller's RNG is left alone
         torch.manual_seed(cfg.seed)
         model = build_model(arch, data.task.num_classes, in_chans=3)
-    model = model.to(device=device, memory_format=torch.channels_last)
+    model = model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stub lacks it
     train_config = _train_config(cfg, recipe)
     session = _Session(out, data, recipe, train_config, settings, model, device,
                        Progress(progress if info.rank == 0 else None, cfg.batch_size * info.world_size), checkpoint)
