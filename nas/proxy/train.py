@@ -11,6 +11,7 @@ schedule, augmentation, weight average, checkpoints, resume).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -170,11 +171,12 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if config.optimizer == "sgd":
-        nesterov = config.momentum > 0
+        sgd = functools.partial(torch.optim.SGD, groups, lr=config.lr, momentum=config.momentum,
+                                nesterov=config.momentum > 0)
         try:  # one fused kernel per step: ~6 % faster B0 steps on CPU than foreach
-            return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=nesterov, fused=True)
+            return sgd(fused=True)
         except (RuntimeError, TypeError, ValueError):  # a torch or device without fused SGD
-            return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=nesterov, foreach=True)
+            return sgd(foreach=True)
     return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=config.momentum, foreach=True)
 
 
