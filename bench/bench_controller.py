@@ -6,6 +6,9 @@ Prints the mean ms/trial over N trials and the marginal ms/trial over the last 1
 and the ratios to the default storage. One run, one process.
 
     python bench/bench_controller.py [--trials 1000] [--sqlite-trials 1000]
+    python bench/bench_controller.py --samplers rl,random --trials 300   # the RL controller's own cost
+
+With ``--samplers A,B``: in-memory storage only, each sampler's ms/trial and the ratio to the last.
 """
 from __future__ import annotations
 
@@ -21,9 +24,9 @@ from nas.search.study import make_sampler
 from search_spaces import count_cost, default_space
 
 
-def run(storage, trials: int, seed: int = 0) -> tuple[float, float]:
+def run(storage, trials: int, seed: int = 0, sampler: str = "tpe") -> tuple[float, float]:
     space = default_space()
-    study = optuna.create_study(storage=storage, sampler=make_sampler("tpe", seed))
+    study = optuna.create_study(storage=storage, sampler=make_sampler(sampler, seed), direction="maximize")
     t0 = time.perf_counter()
     tail_start = None
     for i in range(trials):
@@ -44,8 +47,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--sqlite-trials", type=int, default=None, help="[--trials]")
+    p.add_argument("--samplers", help="compare samplers (comma-separated) on in-memory storage instead")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.samplers:
+        names = args.samplers.split(",")
+        timed = {n: run(optuna.storages.InMemoryStorage(), args.trials, sampler=n) for n in names}
+        print(f"controller overhead per trial by sampler, in-memory storage, {args.trials} trials, 42 parameters")
+        print(f"{'sampler':<10} {'mean ms':>8} {'last-10% ms':>12} {f'mean / {names[-1]}':>14}")
+        for name, (mean, tail) in timed.items():
+            print(f"{name:<10} {mean:8.1f} {tail:12.1f} {mean / timed[names[-1]][0]:14.2f}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         results = {
             "journal file (default)": run(open_storage(None, Path(tmp)), args.trials),

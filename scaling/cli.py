@@ -8,7 +8,6 @@ Step 2: the chosen (or given) α, β, γ scale the base to B1..B7.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -16,17 +15,16 @@ from typing import Sequence
 
 from nas.cli.common import (
     EXIT_INTERRUPTED,
-    EXIT_STORAGE,
     Parser,
     add_proxy_arguments,
     add_study_arguments,
     command_parser,
-    error_exit,
     glue_negative_values,
-    resume_command,
+    interrupted_exit,
+    study_main,
 )
 from nas.cluster.storage import dashboard_line
-from nas.config import ConfigError, choices_help, config_fields, make_config, read_config_file
+from nas.config import choices_help, config_fields, make_config, read_config_file
 from nas.search.config import PRUNERS
 from scaling.compound import Candidate, cost_candidates
 from scaling.config import GridConfig, parse_phis
@@ -158,40 +156,15 @@ def run(cfg: GridConfig) -> int:
         print(f"\noutputs in {cfg.out_dir}/: {', '.join(written)}")
         if not cfg.given:  # a study was searched: where to watch it
             print(dashboard_line(cfg.storage, cfg.out_dir))
-    if interrupted:
-        print(f"{PROG}: interrupted; the study is kept. Resume with: {resume_command(PROG)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
+    return interrupted_exit(PROG) if interrupted else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command: 0 done, 1 nothing trained, 2 bad input (one line), 3 storage unreachable, 130 interrupted."""
-    from nas.cluster.storage import StorageUnavailable
-    from nas.cluster.torchrun import relaunch_under_torchrun, split_nproc, under_torchrun
-    from nas.proxy.data import DataError
     from scaling.compound import ScalingError
-    from search_spaces import SpecError
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            nproc, rest = split_nproc(sys.argv[1:] if argv is None else list(argv))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        cfg = parse_config(rest)
-        if cfg.quiet:
-            logging.getLogger().setLevel(logging.WARNING)
-        if nproc > 1 and not under_torchrun() and not cfg.dry_run and not cfg.given:
-            return relaunch_under_torchrun("scaling.cli", nproc, rest)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C
-        return run(cfg)
-    except StorageUnavailable as exc:
-        return error_exit(PROG, exc, EXIT_STORAGE)
-    except (ConfigError, SpecError, ScalingError, DataError) as exc:
-        return error_exit(PROG, exc)
+    return study_main(PROG, "scaling.cli", argv, parse=parse_config, run=run, errors=(ScalingError,),
+                      optuna_level=logging.WARNING, relaunch=lambda cfg: not cfg.dry_run and not cfg.given)
 
 
 if __name__ == "__main__":

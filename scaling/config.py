@@ -8,13 +8,11 @@ from pathlib import Path
 
 from nas.config import ConfigError
 from nas.proxy.config import ProxyTaskConfig
+from nas.search.config import PRUNERS  # the pruner registry's names, read at every use
 from scaling.compound import Coefficients, Grid
 from scaling.variants import MODES, PHIS
 
 __all__ = ["GridConfig", "parse_phis"]
-
-PRUNERS = ("hyperband", "median", "none")  # those of nas-search (nas.search.make_pruner)
-
 
 def parse_phis(value: object) -> tuple[int, ...]:
     """``"1..7"``, ``"1-3"``, ``"1,2,5"``, ``4`` or ``[1, 2]`` -> sorted φ values in 1..7."""

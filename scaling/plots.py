@@ -4,17 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from nas.config.figures import new_figure
+
 __all__ = ["plot_candidates", "plot_variants"]
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
 
 
 def plot_candidates(rows: Sequence[dict[str, Any]], chosen: int | None, path: Path) -> bool:
@@ -28,11 +20,11 @@ def plot_candidates(rows: Sequence[dict[str, Any]], chosen: int | None, path: Pa
     Returns:
         False when matplotlib is missing or no candidate has an accuracy (nothing written).
     """
-    plt = _pyplot()
     done = [r for r in rows if r.get("accuracy") is not None]
-    if plt is None or not done:
+    fig = new_figure(6, 4.2) if done else None
+    if fig is None:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax = fig.subplots()
     points = ax.scatter([r["macs_ratio"] for r in done], [r["accuracy"] for r in done],
                         c=[r["alpha"] for r in done], cmap="viridis", s=28, edgecolors="k", linewidths=0.3)
     fig.colorbar(points, ax=ax, label="α (depth)")
@@ -50,17 +42,18 @@ def plot_candidates(rows: Sequence[dict[str, Any]], chosen: int | None, path: Pa
     ax.set_ylabel("held-out accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 
 def plot_variants(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     """MACs ratio of B1..B7 to the base against the ideal ``2^φ`` (log scale)."""
-    plt = _pyplot()
-    if plt is None or not rows:
+    fig = new_figure(6, 4.2) if rows else None
+    if fig is None:
         return False
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     phis = [r["phi"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax = fig.subplots()
     ax.semilogy(phis, [2.0 ** p for p in phis], "k--", lw=1, label="ideal 2^φ")
     ax.semilogy(phis, [r["macs_ratio"] for r in rows], "o-", label=f"{rows[0]['mode']} family (real MACs)")
     if all(r.get("predicted_ratio") is not None for r in rows):
@@ -69,12 +62,11 @@ def plot_variants(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         ax.annotate(f"{r['macs'] / 1e9:.2f}G", (r["phi"], r["macs_ratio"]), fontsize=7, xytext=(4, -10),
                     textcoords="offset points")
     ax.set_xticks(phis)
-    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:g}"))
-    ax.yaxis.set_minor_formatter(plt.NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("φ")
     ax.set_ylabel("MACs / base MACs (log scale)")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True

@@ -28,7 +28,7 @@ def make_act(name: str) -> nn.Module:
     return _ACT_LAYERS[name](inplace=name in ("relu", "relu6"))
 
 
-def _taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int]:
+def crop_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int]:
     """(first, last, padding) of the kernel taps that meet the input along one axis of ``size``.
 
     The other taps only ever read zero padding. The crop is used only where it keeps the output
@@ -58,7 +58,7 @@ class Conv2d(nn.Conv2d):
         if not self.training or self.dilation != (1, 1) or isinstance(self.padding, str):
             return super().forward(x)
         n, c, h, w = x.shape
-        (h0, h1, ph), (w0, w1, pw) = (_taps(*a) for a in zip((h, w), self.kernel_size, self.stride, self.padding))
+        (h0, h1, ph), (w0, w1, pw) = (crop_taps(*a) for a in zip((h, w), self.kernel_size, self.stride, self.padding))
         weight = self.weight[:, :, h0:h1 + 1, w0:w1 + 1]
         if h * w <= 4 and x.is_contiguous(memory_format=torch.channels_last):  # oneDNN is slowest here
             if self.groups == 1 and weight.shape[-2:] == (1, 1) and (ph, pw) == (0, 0) \

@@ -230,3 +230,42 @@ def test_few_any_annotations_outside_the_command_line_modules() -> None:
     counts = {str(p.relative_to(ROOT)): n for p in _library_files()
               if not _is_cli(_module_name(p)) and (n := _any_in_annotations(p))}
     assert sum(counts.values()) < 40, sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def test_the_library_never_chooses_a_matplotlib_backend() -> None:
+    """Pictures are drawn on ``matplotlib.figure.Figure`` (nas.config.figures): no ``matplotlib.use``, no pyplot."""
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in _library_files()
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if "matplotlib.use(" in line.split("#")[0] and "``" not in line or "import matplotlib.pyplot" in line]
+    assert not found, found
+
+
+def test_a_plot_leaves_the_process_backend_alone(tmp_path: Path) -> None:
+    code = ("import matplotlib, sys; from scaling.plots import plot_variants; "
+            f"ok = plot_variants([{{'phi': 1, 'macs_ratio': 2.1, 'macs': 8e8, 'mode': 'compound'}}], "
+            f"__import__('pathlib').Path({str(tmp_path / 'v.png')!r})); "
+            "assert ok and 'matplotlib.pyplot' not in sys.modules, sys.modules.keys()")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+
+
+_CITED = __import__("re").compile(r"(?<![\w/.~-])((?:nas|scaling|search_spaces|bench|scripts|tests|experiments|docs)/"
+                                  r"[\w./-]+\.(?:py|md|yaml|yml|png|csv|json|sh))(?:::(\w+))?")
+_LINK = __import__("re").compile(r"\]\(([\w./-]+\.(?:md|png|csv|yaml|py))(?:#[\w-]*)?\)")
+
+
+def test_no_page_cites_a_file_that_is_not_in_the_repository() -> None:
+    """The README and every docs/ page: each repository path they name exists (and each cited test in it)."""
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        for path, test in _CITED.findall(text):
+            target = ROOT / path.rstrip(".")
+            if not target.exists():
+                missing.append(f"{page.name}: {path}")
+            elif test and f"def {test}(" not in target.read_text():
+                missing.append(f"{page.name}: {path}::{test}")
+        for link in _LINK.findall(text):
+            if not (page.parent / link).exists():
+                missing.append(f"{page.name}: link {link}")
+    assert not missing, missing

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces import build_model, get_preset
-from search_spaces.blocks import Conv2d, _taps
+from search_spaces.blocks import Conv2d, crop_taps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     (1, 1, 1, 0, (0, 0, 0)),
 ])
 def test_taps_worked_by_hand(size: int, kernel: int, stride: int, padding: int, expected: tuple) -> None:
-    assert _taps(size, kernel, stride, padding) == expected
+    assert crop_taps(size, kernel, stride, padding) == expected
 
 
 def _grads(conv: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

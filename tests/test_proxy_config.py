@@ -16,6 +16,7 @@ from nas.cli.common import proxy_flags
 from nas.config import ConfigError, make_config
 from nas.fidelity import CheckConfig
 from nas.proxy import ProxyTaskConfig, default_amp, proxy_fields, resolve_device
+from nas.proxy.config import field_help
 from nas.search import SearchConfig
 from scaling.config import GridConfig
 
@@ -46,7 +47,7 @@ def test_every_command_has_the_proxy_flags_with_the_config_s_help_and_type(prog)
         if prog == "nas-proxy-check" and name == "epochs":  # accepted, refused with a hint, not shown
             assert action.help == argparse.SUPPRESS
         else:
-            assert action.help == f.metadata["help"], flag
+            assert action.help == field_help(f), flag
 
 
 def test_the_three_commands_show_the_same_proxy_help():

@@ -7,13 +7,17 @@ nothing for it.
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
+import signal
 import sys
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 __all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_STORAGE", "EXIT_INTERRUPTED", "Parser", "command_parser",
            "add_proxy_arguments", "proxy_flags", "add_study_arguments", "glue_negative_values", "error_exit",
-           "resume_command"]
+           "resume_command", "study_main", "interrupted_exit"]
+
+C = TypeVar("C")
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad input: one line on stderr naming the value and what was expected
@@ -46,13 +50,13 @@ def add_proxy_arguments(group: argparse._ActionsContainer, hidden: Sequence[str]
 
     ``hidden``: fields whose flag is accepted but left out of ``--help`` (the command refuses or ignores it).
     """
-    from nas.proxy.config import proxy_fields
+    from nas.proxy.config import field_help, proxy_fields
 
     flags = {v: k for k, v in proxy_flags().items()}
     for f in proxy_fields():
         if f.name in flags:
             group.add_argument(flags[f.name], type=f.metadata["type"],
-                               help=argparse.SUPPRESS if f.name in hidden else f.metadata["help"])
+                               help=argparse.SUPPRESS if f.name in hidden else field_help(f))
 
 
 def add_study_arguments(group: argparse._ActionsContainer, prog: str) -> None:
@@ -92,3 +96,49 @@ def resume_command(prog: str, argv: Sequence[str] | None = None) -> str:
 
     args = sys.argv[1:] if argv is None else argv
     return " ".join(shlex.quote(mask_url(a)) for a in [prog, *args])
+
+
+def study_main(prog: str, module: str, argv: Sequence[str] | None, *, parse: Callable[[list[str]], C],
+               run: Callable[[C], int], errors: tuple[type[BaseException], ...], optuna_level: int,
+               relaunch: Callable[[C], bool]) -> int:
+    """The ``main`` of a command that runs a study (nas-search, nas-grid-scale).
+
+    Parses ``argv`` (``--nproc-per-node`` taken out) and relaunches ``module`` under torchrun when
+    more than one process is asked for and ``relaunch(cfg)`` allows it. ``errors``: the command's
+    own bad-input errors (``ConfigError``, ``SpecError`` and ``DataError`` always count), exit code 2
+    with one line; an unreachable storage exits 3. ``optuna_level``: a ``logging`` level for
+    Optuna's own log. SIGTERM ends the run like Ctrl-C.
+    """
+    from nas.cluster.storage import StorageUnavailable
+    from nas.cluster.torchrun import relaunch_under_torchrun, split_nproc, under_torchrun
+    from nas.config import ConfigError
+    from nas.proxy.data import DataError
+    from search_spaces import SpecError
+
+    bad_input: tuple[type[BaseException], ...] = (ConfigError, SpecError, DataError, *errors)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna_level)
+        try:
+            nproc, rest = split_nproc(sys.argv[1:] if argv is None else list(argv))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        cfg = parse(rest)
+        if getattr(cfg, "quiet", False):
+            logging.getLogger().setLevel(logging.WARNING)
+        if nproc > 1 and not under_torchrun() and relaunch(cfg):
+            return relaunch_under_torchrun(module, nproc, rest)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C
+        return run(cfg)
+    except StorageUnavailable as exc:
+        return error_exit(prog, exc, EXIT_STORAGE)
+    except bad_input as exc:
+        return error_exit(prog, exc)
+
+
+def interrupted_exit(prog: str) -> int:
+    """Say how to resume an interrupted run (the study is kept); returns 130."""
+    print(f"{prog}: interrupted; the study is kept. Resume with: {resume_command(prog)}", file=sys.stderr)
+    return EXIT_INTERRUPTED

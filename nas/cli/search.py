@@ -4,22 +4,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from nas.cli.common import (
     EXIT_INTERRUPTED,
-    EXIT_STORAGE,
     add_proxy_arguments,
     add_study_arguments,
     command_parser,
-    error_exit,
     glue_negative_values,
-    resume_command,
+    interrupted_exit,
+    study_main,
 )
-from nas.config import ConfigError, choices_help, config_fields, make_config, mask_url, read_config_file
+from nas.config import choices_help, config_fields, make_config, mask_url, read_config_file
 from nas.search.config import PRUNERS, SAMPLERS, ZC_NAMES, SearchConfig
 from nas.search.progress import Progress
 
@@ -274,41 +272,16 @@ def _finish(cfg: SearchConfig, study: optuna.Study, stop: StopAtTrials, rows: li
     why = stop.why(study)
     if why and why != "done":
         print(f"{PROG}: {why}", file=sys.stderr)
-    if interrupted:
-        print(f"{PROG}: interrupted; the study is kept. Resume with: {resume_command(PROG)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
+    return interrupted_exit(PROG) if interrupted else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command: 0 done, 2 bad input (one line), 3 storage unreachable, 130 interrupted (the study is kept)."""
-    from nas.cluster.storage import StorageUnavailable
-    from nas.cluster.torchrun import relaunch_under_torchrun, split_nproc, under_torchrun
-    from nas.proxy.data import DataError
-    from search_spaces import SpecError
     from search_spaces.space import SpaceError
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by Progress
-        try:
-            nproc, rest = split_nproc(argv)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        cfg = parse_config(argv)
-        if cfg.quiet:
-            logging.getLogger().setLevel(logging.WARNING)
-        if nproc > 1 and not under_torchrun() and not cfg.dry_run:
-            return relaunch_under_torchrun("nas.cli.search", nproc, rest)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C
-        return run(cfg)
-    except StorageUnavailable as exc:
-        return error_exit(PROG, exc, EXIT_STORAGE)
-    except (ConfigError, SpecError, SpaceError, DataError) as exc:
-        return error_exit(PROG, exc)
+    # optuna's log at ERROR: failed trials are reported by Progress
+    return study_main(PROG, "nas.cli.search", argv, parse=parse_config, run=run, errors=(SpaceError,),
+                      optuna_level=logging.ERROR, relaunch=lambda cfg: not cfg.dry_run)
 
 
 if __name__ == "__main__":

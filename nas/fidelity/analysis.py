@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Sequence, TypedDict
 
 import numpy as np
 
+from nas.config.figures import new_figure
 from nas.fidelity.rankstats import bootstrap_ci, kendall_tau, spearman_rho
 
 if TYPE_CHECKING:
@@ -182,12 +183,6 @@ def write_summary(cfg: CheckConfig, a: Analysis, computed: int, items: int, path
 
 def plot_scatter(cfg: CheckConfig, a: Analysis, path: Path) -> bool:
     """One panel per proxy (score vs reference mean, tau in the title), then seed vs seed of the reference."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     panels = [(m, a.proxy_scores[m], a.reference, f"{m}  τ = {a.proxies[m]['kendall_tau']:.2f}",
                f"{m} score", f"reference ({cfg.reference_method}, mean)") for m in a.proxy_scores]
     if a.seed_to_seed is not None:
@@ -197,7 +192,10 @@ def plot_scatter(cfg: CheckConfig, a: Analysis, path: Path) -> bool:
                        f"{cfg.reference_method} seed {s1}", f"{cfg.reference_method} seed {s2}"))
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
+    fig = new_figure(4.2 * columns, 3.6 * rows)
+    if fig is None:
+        return False
+    axes = fig.subplots(rows, columns, squeeze=False)
     is_b0 = np.array([arch.name == "efficientnet-b0" for arch in a.archs])
     for ax, (_, x, y, title, xlabel, ylabel) in zip(axes.flat, panels):
         ax.scatter(x[~is_b0], y[~is_b0], s=16, alpha=0.7)
@@ -211,5 +209,4 @@ def plot_scatter(cfg: CheckConfig, a: Analysis, path: Path) -> bool:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True

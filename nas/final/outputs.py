@@ -7,18 +7,14 @@
 from __future__ import annotations
 
 import json
-import platform
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import cast
 
 import torch
 import torch.nn as nn
 
-from nas.config import mask_url
+from nas.config.figures import new_figure
+from nas.config.provenance import provenance
 from nas.final.config import FinalError
 from search_spaces import ArchSpec
 from search_spaces.files import atomic_write
@@ -54,15 +50,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _write_text(path: Path, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text)
@@ -70,15 +57,11 @@ def _write_text(path: Path, text: str) -> None:
 
 def _plot_curves(history: list[dict[str, object]], path: Path) -> None:
     """Loss and accuracy per epoch (training batches; held-out when there is a held-out part)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:
+    fig = new_figure(9, 3.4)
+    if fig is None:
         return
     epochs = [float(r["epoch"]) for r in history]  # type: ignore[arg-type]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     for key, label, ax in (("train_loss", "training loss", loss_ax), ("heldout_loss", "held-out loss", loss_ax),
                            ("train_top1", "training top-1", acc_ax), ("heldout_top1", "held-out top-1", acc_ax)):
         values = [r.get(key) for r in history]
@@ -92,7 +75,6 @@ def _plot_curves(history: list[dict[str, object]], path: Path) -> None:
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 def _card(arch: ArchSpec, metrics: dict[str, object]) -> str:
@@ -137,11 +119,7 @@ def write_outputs(out: Path, arch: ArchSpec, model: nn.Module, metrics: dict[str
     if isinstance(history, list) and history:
         _plot_curves(history, out / "curves.png")
     _write_text(out / "model-card.md", _card(arch, metrics))
-    manifest = {
-        "command": [mask_url(a) for a in sys.argv], "settings": settings,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "git_commit": _git_commit(), "host": socket.gethostname(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    manifest = {**provenance("torch"), "settings": settings}
     _write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
     _write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 

@@ -31,10 +31,21 @@ from nas.proxy.runtime import (
     resolve_device,
     torch_threads,
 )
-from nas.proxy.train import AMP_MODES, OPTIMIZERS, TrainConfig, TrainingDiverged, TrainResult, train_proxy
+from nas.proxy.train import (
+    AMP_MODES,
+    OPTIMIZERS,
+    TrainConfig,
+    TrainingDiverged,
+    TrainResult,
+    decay_groups,
+    train_proxy,
+    warmup_cosine_lr,
+)
 from nas.proxy.zero_cost import ZC_PROXIES, score, score_arch
 
 __all__ = [
+    "warmup_cosine_lr",
+    "decay_groups",
     "DataError",
     "read_idx",
     "read_idx_pair",

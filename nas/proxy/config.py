@@ -11,20 +11,31 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
-from nas.config import ConfigError
+from nas.config import ConfigError, choices_help
 from nas.proxy.data import DATASETS, DataConfig
 from nas.proxy.runtime import DEVICE_FORMS, default_amp, is_device_name
 from nas.proxy.train import TrainConfig
 
-__all__ = ["ProxyTaskConfig", "proxy_fields", "flag_name"]
+__all__ = ["ProxyTaskConfig", "proxy_fields", "flag_name", "field_help"]
 
 FlagType = type[int] | type[float] | None
 
 
-def _flag(help: str, type: FlagType = None, *, flag: bool = True) -> dict[str, object]:
+def _flag(help: str | Callable[[], str], type: FlagType = None, *, flag: bool = True) -> dict[str, object]:
+    """A field's flag: ``help`` is a string, or a function read when a parser is built (a registry's names)."""
     return {"help": help, "type": type, "flag": flag}
+
+
+def field_help(f: dataclasses.Field[object]) -> str:
+    """The help text of a field's flag, as a parser built now shows it."""
+    text = f.metadata["help"]
+    return str(text() if callable(text) else text)
+
+
+def _dataset_help() -> str:
+    return choices_help(DATASETS, "digits")
 
 
 def _number(x: object) -> bool:
@@ -43,7 +54,7 @@ class ProxyTaskConfig:
     other ``nas.proxy.TrainConfig`` field.
     """
 
-    dataset: str = field(default="digits", metadata=_flag(f"{', '.join(DATASETS)} [digits]"))
+    dataset: str = field(default="digits", metadata=_flag(_dataset_help))
     data_dir: str | None = field(default=None, metadata=_flag(
         "dataset directory (fashion-mnist: /usr/share/datasets/fashion-mnist)"))
     proxy_resolution: int = field(default=32, metadata=_flag("training resolution of the proxy task [32]", int))

@@ -83,19 +83,23 @@ def _find_file(directory: Path, stem: str) -> Path:
     raise DataError(f"{directory}: missing {stem}[.gz] (the standard IDX file name)")
 
 
+def _read_idx_split(directory: str | Path, prefix: str, split: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    directory = _existing_dir(directory)
+    images = read_idx(_find_file(directory, f"{prefix}-images-idx3-ubyte"), _IDX_IMAGES)
+    labels = read_idx(_find_file(directory, f"{prefix}-labels-idx1-ubyte"), _IDX_LABELS)
+    if len(images) != len(labels):
+        raise DataError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
+    _check_labels(labels, num_classes, directory)
+    return images[:, None], labels.astype(np.int64)
+
+
 def read_idx_pair(directory: str | Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Read the training images and labels of an MNIST-style IDX directory.
 
     Raises:
         DataError: missing directory or file, bad file, image/label count mismatch, label out of range.
     """
-    directory = _existing_dir(directory)
-    images = read_idx(_find_file(directory, "train-images-idx3-ubyte"), _IDX_IMAGES)
-    labels = read_idx(_find_file(directory, "train-labels-idx1-ubyte"), _IDX_LABELS)
-    if len(images) != len(labels):
-        raise DataError(f"{directory}: {len(images)} training images but {len(labels)} labels")
-    _check_labels(labels, num_classes, directory)
-    return images[:, None], labels.astype(np.int64)
+    return _read_idx_split(directory, "train", "training", num_classes)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -216,13 +220,7 @@ def read_idx_test(directory: str | Path, num_classes: int = 10) -> tuple[np.ndar
     Raises:
         DataError: missing directory or file, bad file, image/label count mismatch, label out of range.
     """
-    directory = _existing_dir(directory)
-    images = read_idx(_find_file(directory, "t10k-images-idx3-ubyte"), _IDX_IMAGES)
-    labels = read_idx(_find_file(directory, "t10k-labels-idx1-ubyte"), _IDX_LABELS)
-    if len(images) != len(labels):
-        raise DataError(f"{directory}: {len(images)} test images but {len(labels)} labels")
-    _check_labels(labels, num_classes, directory)
-    return images[:, None], labels.astype(np.int64)
+    return _read_idx_split(directory, "t10k", "test", num_classes)
 
 
 def read_cifar_test(directory: str | Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from nas.proxy.hooks import EpochEnd, ResumeState, TrainHooks
 from nas.proxy.runtime import DEVICE_FORMS, device_type, is_device_name, resolve_device, torch_threads
 
 __all__ = ["OPTIMIZERS", "AMP_MODES", "TrainConfig", "TrainResult", "TrainingDiverged", "train_proxy",
-           "evaluate", "recalibrate_bn", "torch_threads"]
+           "warmup_cosine_lr", "decay_groups", "evaluate", "recalibrate_bn", "torch_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +155,19 @@ def _make_plan(data: ProxyData, config: TrainConfig, info: DistInfo, device: tor
     return _Plan(per_epoch, total, warmup, reports, check_every)
 
 
-def _lr_at(step: int, plan: _Plan, base_lr: float) -> float:
-    if step < plan.warmup_steps:
-        return base_lr * (step + 1) / plan.warmup_steps
-    progress = (step - plan.warmup_steps) / max(1, plan.total_steps - plan.warmup_steps)
+def warmup_cosine_lr(step: int, warmup_steps: int, total_steps: int, base_lr: float) -> float:
+    """The learning rate at ``step``: linear warm-up over ``warmup_steps``, then cosine decay to 0."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, object]]:
+    """Optimizer parameter groups: ``weight_decay`` on weights, none on BN parameters and biases (1-d)."""
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -167,9 +175,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    groups = decay_groups(params, config.weight_decay)
     if config.optimizer == "sgd":
         sgd = functools.partial(torch.optim.SGD, groups, lr=config.lr, momentum=config.momentum,
                                 nesterov=config.momentum > 0)
@@ -236,7 +242,7 @@ class _Run:
         self.model = model.to(device=device, memory_format=fmt)  # type: ignore[call-overload]  # torch's stub lacks it
         self.optimizer = (hooks.make_optimizer or (lambda m: _make_optimizer(m, config)))(self.model)
         self.lr_at = (hooks.make_schedule(plan.steps_per_epoch, plan.total_steps) if hooks.make_schedule
-                      else lambda step: _lr_at(step, plan, config.lr))
+                      else lambda step: warmup_cosine_lr(step, plan.warmup_steps, plan.total_steps, config.lr))
         net: nn.Module = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None

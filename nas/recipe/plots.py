@@ -2,25 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Sequence
 
+from nas.config.figures import new_figure
 from nas.recipe.records import Chosen, FinalRow
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = ["plot_report"]
-
-
-def _pyplot() -> ModuleType | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
 
 
 def _families(ax: Axes, final: Sequence[FinalRow]) -> None:
@@ -67,13 +57,12 @@ def _grid(ax: Axes, candidates: Sequence[dict[str, str]], chosen: Chosen) -> Non
 
 def plot_report(final: Sequence[FinalRow], candidates: Sequence[dict[str, str]], chosen: Chosen, path: Path) -> bool:
     """Two panels; False when matplotlib is missing (nothing written)."""
-    plt = _pyplot()
-    if plt is None:
+    fig = new_figure(11, 4.2)
+    if fig is None:
         return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left, right = fig.subplots(1, 2)
     _families(left, final)
     _grid(right, candidates, chosen)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True

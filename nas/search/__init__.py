@@ -5,7 +5,6 @@ from nas.search.objective import Objective, StopAtTrials, best_trial, eta_second
 from nas.search.progress import Progress, fmt_seconds
 from nas.search.report import (
     COLUMNS,
-    git_commit,
     plot_history,
     plot_pareto,
     top_table,
@@ -63,7 +62,6 @@ __all__ = [
     "top_table",
     "plot_pareto",
     "plot_history",
-    "git_commit",
     "write_manifest",
     "fmt_seconds",
     "Progress",

@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.config import mask_url
+from nas.config.figures import new_figure
+from nas.config.provenance import provenance
 from nas.search.objective import pareto_front
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 COLUMNS = ("number", "state", "arch", "accuracy", "top5", "macs", "params", "reward", "seconds",
            "epochs", "images", "duplicate_of", "reason")
@@ -51,41 +50,38 @@ def top_table(rows: list[dict[str, Any]], n: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, path: Path) -> bool:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def plot_pareto(rows: list[dict[str, Any]], target: float, path: Path) -> bool:
     """Accuracy vs MACs of the trained trials, the Pareto front and the target line."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    fig = new_figure(6, 4.2)
+    if fig is None:
         return False
     done = [r for r in rows if r["state"] == "COMPLETE" and r["accuracy"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax = fig.subplots()
     if done:
         pts = [(r["accuracy"], r["macs"]) for r in done]
         front = sorted((pts[i] for i in pareto_front(pts)), key=lambda p: p[1])
         ax.scatter([m / 1e6 for _, m in pts], [a for a, _ in pts], s=14, alpha=0.6, label="trials")
         ax.plot([m / 1e6 for _, m in front], [a for a, _ in front], "r.-", label="Pareto front")
     ax.axvline(target / 1e6, color="k", ls="--", lw=1, label=f"target {target / 1e6:.0f}M")
-    ax.set_xlabel("MACs (M)")
-    ax.set_ylabel("held-out accuracy")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(fig, ax, "MACs (M)", "held-out accuracy", path)
 
 
 def plot_history(rows: list[dict[str, Any]], path: Path) -> bool:
     """Reward per trial and the best so far."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    fig = new_figure(6, 4.2)
+    if fig is None:
         return False
     done = [r for r in rows if r["state"] == "COMPLETE" and r["reward"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax = fig.subplots()
     best, xs, ys = float("-inf"), [], []
     for r in done:
         best = max(best, r["reward"])
@@ -93,36 +89,10 @@ def plot_history(rows: list[dict[str, Any]], path: Path) -> bool:
         ys.append(best)
     ax.scatter([r["number"] for r in done], [r["reward"] for r in done], s=14, alpha=0.6, label="trial")
     ax.step(xs, ys, where="post", color="r", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("reward")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return _finish(fig, ax, "trial", "reward", path)
 
 
 def write_manifest(path: Path, config: dict[str, Any], extra: dict[str, Any]) -> None:
     """Command, full config, seeds, versions, git commit, host; no storage password."""
-    import torch
-
-    manifest = {
-        "command": [mask_url(a) for a in sys.argv],
-        "config": config,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "optuna": optuna.__version__},
-        "git_commit": git_commit(),
-        "host": socket.gethostname(),
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **extra,
-    }
+    manifest = {**provenance("torch", "optuna"), "config": config, **extra}
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")

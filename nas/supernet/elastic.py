@@ -15,25 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_spaces.blocks import crop_taps
+
 __all__ = ["ACTIVATIONS", "ElasticBN", "ElasticConvBN", "ElasticSE", "StateDict", "conv2d", "crop_taps"]
 
 StateDict = dict[str, torch.Tensor]
 Activation = Callable[[torch.Tensor], torch.Tensor]
 ACTIVATIONS: dict[str, Activation] = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish}
-
-
-def crop_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int]:
-    """(first, last, padding) of the kernel taps that meet an input of ``size`` along one axis.
-
-    The other taps only ever read zero padding, so dropping them changes no output. The crop is
-    used only where symmetric padding keeps the output size (as ``search_spaces.blocks.Conv2d``).
-    """
-    out = (size + 2 * padding - kernel) // stride + 1
-    first, last = max(0, padding - (out - 1) * stride), min(kernel - 1, padding + size - 1)
-    pad = padding - first
-    if (size + 2 * pad - (last - first + 1)) // stride + 1 != out:
-        return 0, kernel - 1, padding
-    return first, last, pad
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: int, crop: bool) -> torch.Tensor:

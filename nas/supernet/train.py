@@ -34,11 +34,13 @@ from nas.proxy import (
     ProxyData,
     TrainingDiverged,
     all_reduce_sum,
+    decay_groups,
     device_type,
     init_from_env,
     is_device_name,
     resolve_device,
     torch_threads,
+    warmup_cosine_lr,
 )
 from nas.supernet.checkpoint import Recipe, restore_checkpoint, save_checkpoint
 from nas.supernet.net import Supernet, SupernetError
@@ -136,18 +138,10 @@ def _make_plan(data: ProxyData, config: SupernetTrainConfig, info: DistInfo) -> 
     return _Plan(per_epoch, total, min(round(config.warmup_epochs * per_epoch), total - 1))
 
 
-def _lr_at(step: int, plan: _Plan, base_lr: float) -> float:
-    if step < plan.warmup_steps:
-        return base_lr * (step + 1) / plan.warmup_steps
-    progress = (step - plan.warmup_steps) / max(1, plan.total_steps - plan.warmup_steps)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _make_optimizer(supernet: nn.Module, config: SupernetTrainConfig) -> torch.optim.Optimizer:
     """SGD-Nesterov; no weight decay on BN and biases. Parameters without a gradient are left alone."""
     params = list(supernet.parameters())
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = decay_groups(params, config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
                            foreach=True)
 
@@ -262,7 +256,7 @@ def train_supernet(supernet: Supernet, data: ProxyData, config: SupernetTrainCon
         step = first
         for x, y in itertools.islice(_batches(data, config, info, device, first, plan), end - first):
             losses.append(_sandwich_step(supernet, optimizer, x, y, step, config, info,
-                                         _lr_at(step, plan, config.lr)))
+                                         warmup_cosine_lr(step, plan.warmup_steps, plan.total_steps, config.lr)))
             step += 1
             if checkpoint is not None and info.rank == 0 and (step % config.checkpoint_every == 0 or step == end):
                 save_checkpoint(checkpoint, supernet, optimizer, step, config.recipe())
