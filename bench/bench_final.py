@@ -7,7 +7,8 @@ same resolution and batch size, on the CPU:
 nas-train   ``nas.final.train_final`` itself, the paper's recipe: RMSProp-TF, EMA of the weights
             after every step, random crop with padding + flip on the uint8 batch, a checkpoint
             written after every epoch. Timed from the seconds it records per epoch (the first
-            epoch, with its warm-up, is left out).
+            epoch, with its warm-up, is left out). Again with ``--recipe sgd``: the proxy
+            trainer's optimizer (fused SGD), so the difference is the final recipe's extra work.
 proxy       ``nas.proxy.train_proxy`` with its defaults (SGD-Nesterov, no augmentation, no EMA):
             the trainer nas-train runs on, without the final recipe's extra work per step.
 plain loop  a ``DataLoader`` over a ``TensorDataset`` of uint8 NCHW images, the same crop + flip
@@ -16,11 +17,12 @@ plain loop  a ``DataLoader`` over a ``TensorDataset`` of uint8 NCHW images, the 
 
 Sides alternate ``--repeats`` times; the best of each is kept (a busy machine only slows a run down).
 
-    python bench/bench_final.py [--threads 2] [--images 2560] [--repeats 2]
+    python bench/bench_final.py [--threads 2] [--images 5120] [--repeats 2]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -102,7 +104,7 @@ def plain_loop_images_per_second(images: torch.Tensor, labels: torch.Tensor, mea
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--images", type=int, default=2560, help="training images per epoch")
+    p.add_argument("--images", type=int, default=5120, help="training images per epoch")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
@@ -115,9 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     steps = args.images // args.batch_size
     images, labels = data.train.images, data.train.labels  # uint8 NCHW, as nas-train holds them
     pad = max(1, round(args.resolution / 8))
-    best = {"nas-train": 0.0, "proxy": 0.0, "plain": 0.0}
+    best = {"nas-train": 0.0, "nas-train-sgd": 0.0, "proxy": 0.0, "plain": 0.0}
+    sgd_cfg = dataclasses.replace(cfg, recipe="sgd")
     for _ in range(args.repeats):
         best["nas-train"] = max(best["nas-train"], nas_train_images_per_second(cfg, "efficientnet-b0"))
+        best["nas-train-sgd"] = max(best["nas-train-sgd"], nas_train_images_per_second(sgd_cfg, "efficientnet-b0"))
         best["proxy"] = max(best["proxy"], proxy_images_per_second(data, args.batch_size, steps, args.threads))
         best["plain"] = max(best["plain"], plain_loop_images_per_second(images, labels, data.mean, data.std,
                                                                         args.batch_size, steps, pad))
@@ -125,11 +129,13 @@ def main(argv: list[str] | None = None) -> None:
           f"{steps} steps/epoch, {args.threads} thread(s), torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}, best of {args.repeats}")
     rows = (("nas-train (RMSProp-TF, EMA, crop+flip, checkpoint per epoch)", "nas-train"),
+            ("nas-train --recipe sgd (fused SGD, EMA, crop+flip, checkpoint per epoch)", "nas-train-sgd"),
             ("proxy trainer (train_proxy: SGD, no augmentation, no EMA)", "proxy"),
             ("plain loop (DataLoader, crop+flip, torch RMSprop, AveragedModel EMA)", "plain"))
     for label, side in rows:
         print(f"{label:<72} {best[side]:>8.1f} images/s")
-    print(f"nas-train / proxy trainer: {best['nas-train'] / best['proxy']:.2f}x; "
+    print(f"nas-train / proxy trainer: {best['nas-train'] / best['proxy']:.2f}x (--recipe sgd: "
+          f"{best['nas-train-sgd'] / best['proxy']:.2f}x); "
           f"nas-train / plain loop: {best['nas-train'] / best['plain']:.2f}x")
 
 

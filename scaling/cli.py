@@ -24,7 +24,7 @@ from nas.cli.common import (
     study_main,
 )
 from nas.cluster.storage import dashboard_line
-from nas.config import choices_help, config_fields, make_config, read_config_file
+from nas.config import ConfigError, choices_help, config_fields, make_config, read_config_file
 from nas.search.config import PRUNERS
 from scaling.compound import Candidate, cost_candidates
 from scaling.config import GridConfig, parse_phis
@@ -94,6 +94,8 @@ def _search(cfg: GridConfig, base: ArchSpec,
 
     resolve_device(cfg.device)  # a device this machine lacks fails before the study is touched
     trainer = CandidateTrainer(candidates, cfg.data_config(cfg.seed), cfg.train_config(cfg.seed))
+    if candidates:  # the data loads (and is checked) before the study is opened
+        cfg.check_data(trainer.data(candidates[0].proxy_resolution))
     ranks = Ranks.join(cfg.device)  # under torchrun: rank 0 runs the study, every rank trains
     if not ranks.leader:
         return ranks.follow(trainer)
@@ -115,7 +117,11 @@ def _search(cfg: GridConfig, base: ArchSpec,
 
 def run(cfg: GridConfig) -> int:
     """Plan, search the grid (unless the coefficients are given), write the family; returns the exit status."""
+    from scaling.outputs import OUTPUTS
     from search_spaces import resolve_arch
+    from search_spaces.files import check_out_dir
+
+    check_out_dir(cfg.out, OUTPUTS, ConfigError)
 
     base = resolve_arch(cfg.base)
     if cfg.resolution is not None:

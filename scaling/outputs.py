@@ -16,8 +16,11 @@ from scaling.search import choose
 from scaling.variants import Variant, make_family, variant_yaml
 from search_spaces import ArchSpec, count_cost
 
-__all__ = ["CANDIDATE_COLUMNS", "VARIANT_COLUMNS", "write_csv", "candidate_rows", "plan_text", "family_table",
-           "emit", "write_outputs"]
+OUTPUTS = ("candidates.csv", "variants.csv", "variants", "coefficients.yaml", "candidates.png", "variants.png",
+           "manifest.json", "study.journal")  # what a grid run writes in --out
+
+__all__ = ["OUTPUTS", "CANDIDATE_COLUMNS", "VARIANT_COLUMNS", "write_csv", "candidate_rows", "plan_text",
+           "family_table", "emit", "write_outputs"]
 
 CANDIDATE_COLUMNS = ("index", "alpha", "beta", "gamma", "product", "params", "macs", "macs_ratio", "resolution",
                      "proxy_resolution", "accuracy", "state", "trial", "seconds", "reason")

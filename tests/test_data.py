@@ -272,6 +272,30 @@ def test_cifar100_and_bad_pickles(tmp_path: Path) -> None:
         load_data(DataConfig("cifar100", data_dir=str(d)))
 
 
+@pytest.mark.parametrize("data, labels, message", [
+    ("hello", [0], r"'data' is a str, expected a uint8 array of shape \(N, 3072\)$"),
+    (np.full((4, 3072), 0.5), [0] * 4, r"'data' is a float64 array of shape \(4, 3072\), expected a uint8"),
+    (np.zeros((4, 100), np.uint8), [0] * 4, r"'data' is a uint8 array of shape \(4, 100\)"),
+    (np.zeros((4, 3072), np.uint8), "abcd", r"'fine_labels' is a str, expected a list of whole-number labels$"),
+    (np.zeros((4, 3072), np.uint8), None, r"'fine_labels' is a NoneType, expected"),
+    (np.zeros((4, 3072), np.uint8), [0.5] * 4, r"'fine_labels' is a list \(float64, shape \(4,\)\), expected"),
+    (np.zeros((4, 3072), np.uint8), [[0]] * 4, r"'fine_labels' is a list \(int64, shape \(4, 1\)\), expected"),
+])
+def test_cifar_pickles_with_wrong_types_inside_give_one_line(tmp_path: Path, data, labels, message) -> None:
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    (d / "train").write_bytes(pickle.dumps({b"data": data, b"fine_labels": labels}))
+    with pytest.raises(DataError, match=message):
+        load_data(DataConfig("cifar100", data_dir=str(d), val_size=1))
+
+
+def test_a_crafted_idx_header_is_counted_without_overflow(tmp_path: Path) -> None:
+    (tmp_path / "x").write_bytes(b"\x00\x00\x08\x03" + (10**9).to_bytes(4, "big") + (10**5).to_bytes(4, "big") * 2)
+    with pytest.raises(DataError, match=r"0 data bytes but the header \(1000000000, 100000, 100000\) says "
+                                        r"10000000000000000000 \(truncated"):
+        read_idx(tmp_path / "x", 0x803)
+
+
 # ---------------------------------------------------------------- image folders
 def _write_folder(root: Path, classes: int = 3, per_class: int = 12) -> Path:
     from PIL import Image

@@ -77,17 +77,15 @@ def run(cfg: CheckConfig) -> int:
     from nas.proxy.data import load_data
     from nas.proxy.runtime import resolve_device, torch_threads
     from search_spaces import default_space
+    from search_spaces.files import check_out_dir
 
     out = cfg.out_dir
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {cfg.out!r} is a file, expected a directory")
+    check_out_dir(cfg.out, (CACHE_NAME, "results.csv", "summary.json", "scatter.png"), ConfigError)
     device = resolve_device(cfg.task.device)
     archs = sample_archs(default_space(), cfg.archs, cfg.seed, cfg.target_flops, cfg.flops_band, cfg.include_b0)
     data_cfg, trainer = cfg.task.data_config(cfg.seed), cfg.task.train_config(cfg.seed)
     data = load_data(data_cfg)
-    if cfg.task.batch_size > data.num_train:
-        raise ConfigError(f"--batch-size {cfg.task.batch_size} exceeds the {data.num_train} training images that "
-                          f"--train-size/--val-size leave")
+    cfg.task.check_data(data)
     items = plan_items(cfg, archs)
     out.mkdir(parents=True, exist_ok=True)  # every input has been checked; an existing cache is left as it is
     path, settings = out / CACHE_NAME, cache_settings(data_cfg, trainer, archs[0])

@@ -17,7 +17,7 @@ from nas.cli.common import (
     interrupted_exit,
     study_main,
 )
-from nas.config import choices_help, config_fields, make_config, mask_url, read_config_file
+from nas.config import ConfigError, choices_help, config_fields, make_config, mask_url, read_config_file
 from nas.search.config import PRUNERS, SAMPLERS, ZC_NAMES, SearchConfig
 from nas.search.progress import Progress
 
@@ -99,9 +99,12 @@ def run(cfg: SearchConfig) -> int:
     from nas.proxy.data import load_data
     from nas.proxy.runtime import check_device, resolve_device
     from nas.proxy.train import train_proxy
-    from nas.search.outputs import plan_text
+    from nas.search.outputs import OUTPUTS, plan_text
     from search_spaces import build_model, resolve_arch
+    from search_spaces.files import check_out_dir
     from search_spaces.space import SearchSpace
+
+    check_out_dir(cfg.out, (*OUTPUTS, "study.journal", "latency_table.json"), ConfigError)
 
     space = SearchSpace.load(cfg.space)
     seeds = [resolve_arch(ref) for ref in cfg.seed_arch]
@@ -113,6 +116,7 @@ def run(cfg: SearchConfig) -> int:
         return 0
     check_device(cfg.device)  # a device this machine lacks fails before the data loads
     data = load_data(dcfg)
+    cfg.check_data(data)  # before the study is opened: a bad value never reaches a trial
 
     def trained(arch: ArchSpec, trial: optuna.Trial | None, seed: int) -> TrainResult:
         import torch

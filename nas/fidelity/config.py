@@ -95,7 +95,7 @@ class CheckConfig:
             ("flops_band", self.flops_band >= 1, ">= 1"),
             ("reference_epochs", math.isfinite(self.reference_epochs) and self.reference_epochs > 0, "> 0"),
             ("reference_seeds", self.reference_seeds >= 1, "an integer >= 1 (2 or more measure seed-to-seed noise)"),
-            ("out", bool(self.out), "a directory"),
+            ("out", isinstance(self.out, str) and bool(self.out.strip()), "a folder path"),
         )
         for name, ok, expected in checks:
             if not ok:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from nas.config import ConfigError, choices_help
-from nas.proxy.data import DATASETS, DataConfig
+from nas.proxy.data import DATASETS, DataConfig, ProxyData
 from nas.proxy.runtime import DEVICE_FORMS, default_amp, is_device_name
 from nas.proxy.train import TrainConfig
 
@@ -110,6 +110,12 @@ class ProxyTaskConfig:
             return TrainConfig(**values)  # type: ignore[arg-type]  # each value is checked by TrainConfig
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
+
+    def check_data(self, data: ProxyData) -> None:
+        """What needs the loaded data, checked before the first trial: a batch the training part can fill."""
+        if self.batch_size > data.num_train:
+            raise ConfigError(f"--batch-size {self.batch_size} exceeds the {data.num_train} training images that "
+                              f"--train-size/--val-size leave")
 
     def data_config(self, seed: int, environ: Mapping[str, str] = os.environ) -> DataConfig:
         """The data split; ``NAS_LOADER_WORKERS`` sets the image decoders per process (imagefolder).

@@ -8,6 +8,7 @@ splits, for the one final evaluation of ``nas-train`` (``nas.final``): search de
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 import zlib
@@ -67,7 +68,7 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     if found != magic:
         raise DataError(f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    size = int(np.prod(dims, dtype=np.int64))
+    size = math.prod(dims)  # Python ints: a crafted header cannot overflow the count
     if len(raw) - header != size:
         raise DataError(
             f"{path}: {len(raw) - header} data bytes but the header {tuple(dims)} says {size} (truncated file?)"
@@ -157,16 +158,28 @@ def _read_cifar_files(directory: str | Path, num_classes: int, files: list[str])
         batch = _load_pickle(path)
         if "data" not in batch or key not in batch:
             raise DataError(f"{path}: missing 'data' or '{key}' entry, found {sorted(batch)}")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise DataError(f"{path}: data of shape {data.shape}, expected (N, 3072)")
-        if len(data) != len(batch[key]):
-            raise DataError(f"{path}: {len(data)} images but {len(batch[key])} labels")
+        data, found = _cifar_arrays(path, batch["data"], batch[key], key)
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[key], dtype=np.int64))
+        labels.append(found)
     labels_all = np.concatenate(labels)
     _check_labels(labels_all, num_classes, directory)
     return np.concatenate(images), labels_all
+
+
+def _cifar_arrays(path: Path, data: object, labels: object, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``data`` and labels of one CIFAR batch, checked: uint8 (N, 3072) images, N whole-number labels."""
+    expected = "expected a uint8 array of shape (N, 3072)"
+    if not isinstance(data, np.ndarray):
+        raise DataError(f"{path}: 'data' is a {type(data).__name__}, {expected}")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: 'data' is a {data.dtype} array of shape {data.shape}, {expected}")
+    found = np.asarray(labels) if isinstance(labels, (list, tuple, np.ndarray)) else None
+    if found is None or found.ndim != 1 or not (found.size == 0 or np.issubdtype(found.dtype, np.integer)):
+        what = f"a {type(labels).__name__}" + ("" if found is None else f" ({found.dtype}, shape {found.shape})")
+        raise DataError(f"{path}: '{key}' is {what}, expected a list of whole-number labels")
+    if len(data) != len(found):
+        raise DataError(f"{path}: {len(data)} images but {len(found)} labels")
+    return data, found.astype(np.int64)
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -90,6 +90,8 @@ def _inside(directory: Path, name: str) -> Path:
 def _out_paths(args: argparse.Namespace, arch: ArchSpec) -> tuple[Path, Path | None]:
     """The output file, and the weights file written beside a Python one (with ``--weights``)."""
     default = _default_name(args.arch, arch, args.format)
+    if args.out is not None and not args.out.strip():
+        raise ExportError(f"--out must be a file or folder path, but got {args.out!r}")
     out = Path(args.out) if args.out else _inside(Path("."), default)
     if out.is_dir():
         out = _inside(out, default)
