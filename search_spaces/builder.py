@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from search_spaces.blocks import OP_BUILDERS, Block, ConvBNAct, make_shortcut
+from search_spaces.limits import check_size
 from search_spaces.spec import ArchSpec, round_filters, round_repeats
 
 
@@ -154,9 +155,11 @@ def build_model(arch: ArchSpec, num_classes: int = 1000, in_chans: int = 3, init
 
     Raises:
         ValueError: ``num_classes`` or ``in_chans`` below 1, or an unknown ``init``.
+        SpecError: an architecture beyond ``search_spaces.limits`` (layers, channels, feature-map memory).
     """
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be >= 1, but got ({num_classes=}, {in_chans=})")
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, but got {init!r}")
+    check_size(arch)  # one line before any tensor is allocated (search_spaces.limits)
     return Network(arch, num_classes, in_chans, init)

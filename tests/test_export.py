@@ -368,3 +368,13 @@ def test_the_architecture_name_never_picks_where_files_go(tmp_path: Path, monkey
     new = {p for p in tmp_path.rglob("*")} - before
     assert new and all(p.parent in (work / "out", work) for p in new), sorted(map(str, new))
     assert len([p for p in new if p.parent == work / "out"]) == 2 and not Path("/tmp/effnas-absolute-name.py").exists()
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "b0.onnx"), ("torchscript", "b0.pt")])
+def test_an_export_to_a_full_disk_is_one_line_and_leaves_nothing(small_tmpfs, fmt, name):
+    """B0 (21 MB) into a 1 MiB tmpfs: exit 2, one line, no .partial (torch.jit.save to a path would abort)."""
+    done = subprocess.run([sys.executable, "-m", "search_spaces.interop.cli", "efficientnet-b0", "--format", fmt,
+                           "--out", str(small_tmpfs / name)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == f"nas-export: error: cannot write {small_tmpfs / name}: No space left on device"
+    assert list(small_tmpfs.iterdir()) == []

@@ -114,7 +114,29 @@ BAD = {
     "storage-unreachable": (["--storage", "postgresql://nas:s3cret@127.0.0.1:9/studies"], "127.0.0.1:9"),
     "other-target": (["--target-flops", "300M"], "300000000"),
     "seed-not-in-space": (["--seed-arch", "efficientnet-b3"], "width_mult=1.2"),
+    "seed-too-large": (["--seed", "4294967296"], "--seed must be a whole number in 0..2147483647, but got 4294967296"),
+    "latency-table-folder": (["--cost", "latency", "--target-latency", "15ms", "--latency-table", "{tmp}"],
+                             "--latency-table must be a file path (created when missing), not a folder"),
+    "nproc-storage-unreachable": (["--nproc-per-node", "2", "--storage", "postgresql://nas:s3cret@127.0.0.1:9/studies"],
+                                  "127.0.0.1:9"),  # refused once, before torchrun starts a process per GPU
+    "target-unreachable": (["--target-flops", "1e30"], "misses every architecture of the space"),
+    "target-too-small": (["--target-flops", "1M"], "the band [2.5e+05, 4e+06] (--flops-band 4) misses"),
 }
+
+
+def test_the_reachable_range_holds_every_sampled_architecture():
+    """The range check_reachable refuses outside of contains what the search itself samples."""
+    import optuna
+
+    from nas.search import SearchConfig
+    from nas.search.objective import check_reachable
+    from search_spaces import count_cost, default_space
+
+    space, cfg = default_space(), SearchConfig()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    macs = [count_cost(space.sample(study.ask()), cfg.resolution).macs for _ in range(200)]
+    for target in (min(macs) / 3.9, max(macs) * 3.9):  # each band just reaches a sampled architecture
+        check_reachable(SearchConfig(target_flops=int(target)), space)
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -129,6 +129,7 @@ def study_main(prog: str, module: str, argv: Sequence[str] | None, *, parse: Cal
         if getattr(cfg, "quiet", False):
             logging.getLogger().setLevel(logging.WARNING)
         if nproc > 1 and not under_torchrun() and relaunch(cfg):
+            _check_database(cfg)  # one line here, not a traceback from every process torchrun starts
             return relaunch_under_torchrun(module, nproc, rest)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C
         return run(cfg)
@@ -136,6 +137,20 @@ def study_main(prog: str, module: str, argv: Sequence[str] | None, *, parse: Cal
         return error_exit(prog, exc, EXIT_STORAGE)
     except bad_input as exc:
         return error_exit(prog, exc)
+
+
+def _check_database(cfg: object) -> None:
+    """Open (and close) a database storage once: an unreachable one raises ``ConfigError`` (password masked)."""
+    from pathlib import Path
+
+    from nas.cluster.storage import is_journal, open_storage
+
+    storage = getattr(cfg, "storage", None)
+    if storage is not None and not is_journal(storage):
+        opened = open_storage(storage, Path(getattr(cfg, "out", ".")))
+        engine = getattr(getattr(opened, "rdb", None), "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def interrupted_exit(prog: str) -> int:

@@ -99,6 +99,7 @@ def run(cfg: SearchConfig) -> int:
     from nas.proxy.data import load_data
     from nas.proxy.runtime import check_device, resolve_device
     from nas.proxy.train import train_proxy
+    from nas.search.objective import check_reachable
     from nas.search.outputs import OUTPUTS, plan_text
     from search_spaces import build_model, resolve_arch
     from search_spaces.files import check_out_dir
@@ -110,6 +111,7 @@ def run(cfg: SearchConfig) -> int:
     seeds = [resolve_arch(ref) for ref in cfg.seed_arch]
     for arch in seeds:
         space.encode(arch)  # raises SpaceError naming the misfit
+    check_reachable(cfg, space)
     tcfg, dcfg = cfg.train_config(cfg.seed), cfg.data_config(cfg.seed)
     if cfg.dry_run:
         print(plan_text(cfg, space, seeds))

@@ -1,9 +1,17 @@
 """Reading and checking options: YAML config files, flags, counts, and masking secrets."""
 from nas.config.errors import ConfigError
-from nas.config.files import check_types, config_fields, make_config, parse_count, public_dict, read_config_file
+from nas.config.files import (
+           MAX_SEED,
+           check_types,
+           config_fields,
+           make_config,
+           parse_count,
+           public_dict,
+           read_config_file,
+)
 from nas.config.provenance import git_commit, provenance
 from nas.config.registry import Choices, Registry, choices_help
 from nas.config.secrets import check_url, mask_url
 
-__all__ = ["ConfigError", "config_fields", "make_config", "parse_count", "public_dict", "read_config_file", "mask_url",
-           "check_url", "check_types", "Choices", "Registry", "choices_help", "git_commit", "provenance"]
+__all__ = ["MAX_SEED", "ConfigError", "config_fields", "make_config", "parse_count", "public_dict", "read_config_file",
+           "mask_url", "check_url", "check_types", "Choices", "Registry", "choices_help", "git_commit", "provenance"]

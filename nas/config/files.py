@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 from nas.config.errors import ConfigError
 from nas.config.secrets import mask_url
 
-__all__ = ["ConfigError", "parse_count", "read_config_file", "make_config", "check_types", "config_fields",
+__all__ = ["MAX_SEED", "ConfigError", "parse_count", "read_config_file", "make_config", "check_types", "config_fields",
            "public_dict"]
 
 
 T = TypeVar("T")
+# numpy, torch and Optuna's samplers take seeds below 2**32; half of that leaves room for the offsets
+# added per worker and per trial (``nas.search.sampler_seed``: seed + 7919 * slot).
+MAX_SEED = 2**31 - 1
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 

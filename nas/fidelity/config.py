@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nas.config import ConfigError, make_config, parse_count
+from nas.config import MAX_SEED, ConfigError, make_config, parse_count
 from nas.proxy.config import ProxyTaskConfig, proxy_fields
 
 __all__ = ["DEFAULT_PROXIES", "TASK_FIELDS", "ZC_BATCHES", "CheckConfig", "format_epochs", "parse_proxies"]
@@ -66,6 +66,9 @@ def _parse_proxy(item: str) -> str:
     raise ConfigError(f"--proxies item {item!r}: expected train:EPOCHS (like train:1) or zc:NAME (like zc:synflow)")
 
 
+MAX_ARCHS = 10_000  # every one is trained (or scored) once per proxy: more is days, not a check
+
+
 @dataclass(frozen=True)
 class CheckConfig:
     """Everything ``nas-proxy-check`` needs; field names are the CLI flags with ``-`` -> ``_``.
@@ -90,8 +93,10 @@ class CheckConfig:
         object.__setattr__(self, "target_flops", parse_count(self.target_flops))
         object.__setattr__(self, "proxies", parse_proxies(self.proxies))
         checks = (
-            ("archs", self.archs >= 3, "an integer >= 3 (a ranking needs at least 3 architectures)"),
-            ("seed", self.seed >= 0, ">= 0"),
+            ("archs", 3 <= self.archs <= MAX_ARCHS, f"an integer in 3..{MAX_ARCHS} (a ranking needs at least 3 "
+                                                    f"architectures; each is trained)"),
+            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+             f"a whole number in 0..{MAX_SEED}"),
             ("flops_band", self.flops_band >= 1, ">= 1"),
             ("reference_epochs", math.isfinite(self.reference_epochs) and self.reference_epochs > 0, "> 0"),
             ("reference_seeds", self.reference_seeds >= 1, "an integer >= 1 (2 or more measure seed-to-seed noise)"),

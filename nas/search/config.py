@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas.config import Choices, ConfigError, parse_count
+from nas.config import MAX_SEED, Choices, ConfigError, parse_count
 from nas.proxy.config import ProxyTaskConfig
 from nas.proxy.zero_cost import ZC_PROXIES
 from nas.search.study import PRUNER_REGISTRY, SAMPLER_REGISTRY
@@ -82,11 +82,15 @@ class SearchConfig(ProxyTaskConfig):
             ("reward", self.reward in REWARDS, f"one of {REWARDS}"),
             ("sampler", self.sampler in SAMPLERS, f"one of {SAMPLERS}"),
             ("pruner", self.pruner in PRUNERS, f"one of {PRUNERS}"),
+            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
+             f"a whole number in 0..{MAX_SEED}"),
             ("trials", isinstance(self.trials, int) and self.trials >= 1, "an integer >= 1"),
             ("timeout", self.timeout is None or self.timeout > 0, "> 0 seconds"),
             ("flops_band", self.flops_band >= 1, ">= 1"),
             ("resolution", self.resolution >= 8, ">= 8 pixels"),
             ("study_name", bool(self.study_name), "a non-empty name"),
+            ("latency_table", self.latency_table is None or not Path(str(self.latency_table)).is_dir(),
+             "a file path (created when missing), not a folder"),
         )
         for name, ok, expected in checks:
             if not ok:

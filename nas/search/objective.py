@@ -181,3 +181,33 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def eta_seconds(done: int, total: int, elapsed: float) -> float:
     return math.inf if done == 0 else elapsed / done * max(0, total - done)
+
+
+def check_reachable(cfg: SearchConfig, space: SearchSpace, samples: int = 300) -> None:
+    """Refuse a MACs target whose band no architecture of ``space`` comes near, before the first trial.
+
+    The MACs of ``samples`` random architectures and of the space's smallest and largest choices
+    (every stage at its fewest/most layers, narrowest/widest filters) give the range the search
+    can reach; a band ``[T / band, T * band]`` wholly outside it would only reject every trial.
+
+    Raises:
+        ConfigError: the band misses the range (names the target, the band and the range).
+    """
+    import numpy as np
+
+    from nas.config import ConfigError
+
+    if cfg.cost != "macs":
+        return
+    choices = space.choices()
+    rng = np.random.default_rng(0)
+    picks = [{k: c[int(rng.integers(len(c)))] for k, c in choices.items()} for _ in range(samples)]
+    numeric = {k: c for k, c in choices.items() if all(isinstance(v, (int, float)) for v in c)}
+    for pick in (min, max):
+        picks.append({**picks[0], **{k: pick(c) for k, c in numeric.items()}})
+    macs = [count_cost(space.from_params(p), cfg.resolution).macs for p in picks]
+    low, high = cfg.target / cfg.flops_band, cfg.target * cfg.flops_band
+    if high < min(macs) or low > max(macs):
+        raise ConfigError(f"--target-flops {cfg.target:.4g}: the band [{low:.4g}, {high:.4g}] (--flops-band "
+                          f"{cfg.flops_band:g}) misses every architecture of the space ({min(macs):.4g} to "
+                          f"{max(macs):.4g} MACs at {cfg.resolution} px); choose a target in that range")

@@ -195,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     except ExportCheckFailed as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a read-only folder: nothing is left behind (atomic_write)
+        print(f"{PROG}: error: cannot write {exc.filename or args.out or 'the output'}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,5 +170,7 @@ def export_torchscript(model: Network, path: str | Path, resolution: int) -> Agr
     with _eval(model), atomic_write(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, torch.jit.TracerWarning))
         traced = torch.jit.trace(model, _inputs(model, resolution, 2), check_trace=False)
-        torch.jit.save(traced, str(tmp))
+        buffer = io.BytesIO()  # torch.jit.save to a path aborts the process on a full disk (a C++ error)
+        torch.jit.save(traced, buffer)
+        tmp.write_bytes(buffer.getvalue())  # an OSError (ENOSPC) here is Python's, and the .partial is removed
         return check_agreement(model, torch.jit.load(str(tmp)), resolution, "the TorchScript model")
