@@ -193,20 +193,25 @@ def compound_arch(base: ArchSpec, coefficients: Coefficients, phi: int, resoluti
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One feasible (α, β, γ): the base scaled at φ = 1 and its cost at its own resolution.
+class Scaled:
+    """The base scaled by (α, β, γ) at φ = 1, its cost at its own resolution and its proxy resolution.
 
-    ``index`` is the candidate's place in the evaluation order; ``macs_ratio`` is the real MACs
-    growth over the base (rounding moves it away from ``product``).
+    ``macs_ratio`` is the real MACs growth over the base (rounding moves it away from ``product``).
     """
 
-    index: int
     coefficients: Coefficients
     arch: ArchSpec
     params: int
     macs: int
     macs_ratio: float
     proxy_resolution: int
+
+
+@dataclass(frozen=True)
+class Candidate(Scaled):
+    """One feasible (α, β, γ) of the grid; ``index`` is its place in the evaluation order."""
+
+    index: int
 
     def row(self) -> dict[str, float | int]:
         c = self.coefficients
@@ -284,6 +289,6 @@ def cost_candidates(base: ArchSpec, points: Sequence[Coefficients], resolution_m
         arch = compound_arch(base, c, 1, resolution_multiple,
                              name=f"{base.name or 'base'}-a{c.alpha:g}-b{c.beta:g}-g{c.gamma:g}")
         cost = count_cost(arch)
-        out.append(Candidate(index, c, arch, cost.params, cost.macs, cost.macs / base_macs,
-                             proxy_resolution(base_proxy_resolution, c.gamma)))
+        out.append(Candidate(c, arch, cost.params, cost.macs, cost.macs / base_macs,
+                             proxy_resolution(base_proxy_resolution, c.gamma), index=index))
     return out

@@ -100,10 +100,7 @@ class SearchSpace:
 
     @classmethod
     def from_yaml(cls, text: str) -> "SearchSpace":
-        try:
-            data = yaml_safe.load(text)
-        except yaml_safe.YamlError as exc:
-            raise SpaceError(f"space {exc}") from None
+        data = yaml_safe.load_as(text, SpaceError, "space")
         if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
             raise SpaceError("a space needs 'stages': a non-empty list of stage mappings")
         allowed = {"name", "choices", "stages", *_FIXED_KEYS}

@@ -263,11 +263,7 @@ class ArchSpec:
 
     @classmethod
     def from_yaml(cls, text: str) -> "ArchSpec":
-        try:
-            data = yaml_safe.load(text)
-        except yaml_safe.YamlError as exc:
-            raise SpecError(f"architecture {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(yaml_safe.load_as(text, SpecError, "architecture"))
 
 
 def _as_number(key: str, value: object, kind: type[int] | type[float]) -> int | float:

@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["MAX_NODES", "MAX_BYTES", "YamlError", "Loader", "Dumper", "load", "load_file", "read_text", "dump"]
+__all__ = ["MAX_NODES", "MAX_BYTES", "YamlError", "Loader", "Dumper", "load",
+           "load_as", "load_file", "read_text", "dump"]
 
 MAX_NODES = 100_000  # expanded nodes in one document: the largest shipped file has ~1,000
 MAX_BYTES = 10_000_000  # a config, architecture or space file is a few kB
@@ -150,6 +151,14 @@ def load(text: str) -> object:
         raise YamlError(f"YAML does not parse: {_describe(exc)}") from None
     except RecursionError:
         raise YamlError("YAML does not parse: nested too deeply") from None
+
+
+def load_as(text: str, error: type[Exception], what: str) -> object:
+    """``load(text)``; a ``YamlError`` is raised again as the caller's ``error``: ``"WHAT <the message>"``."""
+    try:
+        return load(text)
+    except YamlError as exc:
+        raise error(f"{what} {exc}") from None
 
 
 def read_text(path: str | Path) -> str:

@@ -81,8 +81,9 @@ def _entries():
               Coefficients(1.0, 1.4, 1.0)]
     built = cost_candidates(base, points, 4, 32, ordered=False)
     acc = [0.858, 0.856, 0.41, 0.852]
-    cands = [Entry(coefficient_key(c.coefficients), ("candidate",), c.coefficients, c.arch, c.params, c.macs,
-                   c.macs_ratio, c.proxy_resolution, i, a) for i, (c, a) in enumerate(zip(built, acc))]
+    cands = [Entry(c.coefficients, c.arch, c.params, c.macs, c.macs_ratio, c.proxy_resolution,
+                   key=coefficient_key(c.coefficients), roles=("candidate",), grid_index=i, grid_accuracy=a)
+             for i, (c, a) in enumerate(zip(built, acc))]
     return plan_entries(cands, base, grid, None, True)
 
 

@@ -20,7 +20,7 @@ from nas.proxy.train import TrainingDiverged
 from nas.recipe.markers import write_json
 from nas.recipe.records import ProxyRun, RefineFile, load_record
 from nas.recipe.stats import keep_count
-from scaling.compound import Coefficients, cost_candidates, proxy_resolution
+from scaling.compound import Coefficients, Scaled, cost_candidates, proxy_resolution
 from scaling.config import GridConfig
 from search_spaces import ArchSpec
 
@@ -37,17 +37,11 @@ def coefficient_key(c: Coefficients) -> str:
 
 
 @dataclass(frozen=True)
-class Entry:
+class Entry(Scaled):
     """An architecture of the refinement: a grid candidate, a baseline, or both (``roles``)."""
 
-    key: str
-    roles: tuple[str, ...]
-    coefficients: Coefficients
-    arch: ArchSpec
-    params: int
-    macs: int
-    macs_ratio: float
-    proxy_resolution: int
+    key: str = ""
+    roles: tuple[str, ...] = ()
     grid_index: int | None = None
     grid_accuracy: float | None = None
 
@@ -73,9 +67,15 @@ def read_candidates(path: Path, base: ArchSpec, grid: GridConfig) -> list[Entry]
         if int(r["macs"]) != c.macs:
             raise ConfigError(f"{path}: candidate {r['index']} has {r['macs']} MACs but the base scaled by its "
                               f"coefficients has {c.macs}: the file is from another base")
-        out.append(Entry(coefficient_key(c.coefficients), ("candidate",), c.coefficients, c.arch, c.params, c.macs,
-                         c.macs_ratio, c.proxy_resolution, int(r["index"]), _float(r.get("accuracy"))))
+        out.append(_entry(c, coefficient_key(c.coefficients), ("candidate",), int(r["index"]),
+                          _float(r.get("accuracy"))))
     return out
+
+
+def _entry(scaled: Scaled, key: str, roles: tuple[str, ...], grid_index: int | None = None,
+           grid_accuracy: float | None = None) -> Entry:
+    base = {f.name: getattr(scaled, f.name) for f in dataclasses.fields(Scaled)}
+    return Entry(**base, key=key, roles=roles, grid_index=grid_index, grid_accuracy=grid_accuracy)
 
 
 def plan_entries(candidates: Sequence[Entry], base: ArchSpec, grid: GridConfig, keep: int | None,
@@ -98,8 +98,7 @@ def plan_entries(candidates: Sequence[Entry], base: ArchSpec, grid: GridConfig, 
             elif key in known:  # on the grid but not among the best: a baseline that keeps its brief-run figure
                 entries[key] = dataclasses.replace(known[key], roles=(role,))
             else:
-                entries[key] = Entry(key, (role,), b.coefficients, b.arch, b.params, b.macs, b.macs_ratio,
-                                     b.proxy_resolution)
+                entries[key] = _entry(b, key, (role,))
     return list(entries.values())
 
 
