@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas.config import MAX_SEED, ConfigError
+from nas.config import SEED_EXPECTED, ConfigError, is_seed
 from nas.proxy.config import ProxyTaskConfig
 from nas.search.config import PRUNERS  # the pruner registry's names, read at every use
 from scaling.compound import Coefficients, Grid
@@ -74,8 +74,7 @@ class GridConfig(ProxyTaskConfig):
         given = [self.alpha, self.beta, self.gamma]
         checks = [
             ("step", _num(self.step) and self.step > 0, "> 0"),
-            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
-             f"a whole number in 0..{MAX_SEED}"),
+            ("seed", is_seed(self.seed), SEED_EXPECTED),
             ("max", _num(self.max) and self.max >= 1, ">= 1"),
             ("tolerance", _num(self.tolerance) and self.tolerance >= 0, ">= 0"),
             ("resolution_multiple", isinstance(self.resolution_multiple, int) and self.resolution_multiple >= 1,

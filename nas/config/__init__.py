@@ -2,8 +2,10 @@
 from nas.config.errors import ConfigError
 from nas.config.files import (
            MAX_SEED,
+           SEED_EXPECTED,
            check_types,
            config_fields,
+           is_seed,
            make_config,
            parse_count,
            public_dict,
@@ -13,5 +15,6 @@ from nas.config.provenance import git_commit, provenance
 from nas.config.registry import Choices, Registry, choices_help
 from nas.config.secrets import check_url, mask_url
 
-__all__ = ["MAX_SEED", "ConfigError", "config_fields", "make_config", "parse_count", "public_dict", "read_config_file",
-           "mask_url", "check_url", "check_types", "Choices", "Registry", "choices_help", "git_commit", "provenance"]
+__all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "ConfigError", "config_fields", "make_config", "parse_count",
+           "public_dict", "read_config_file", "mask_url", "check_url", "check_types", "Choices", "Registry",
+           "choices_help", "git_commit", "provenance"]

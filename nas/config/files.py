@@ -21,14 +21,20 @@ if TYPE_CHECKING:
 from nas.config.errors import ConfigError
 from nas.config.secrets import mask_url
 
-__all__ = ["MAX_SEED", "ConfigError", "parse_count", "read_config_file", "make_config", "check_types", "config_fields",
-           "public_dict"]
+__all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "ConfigError", "parse_count", "read_config_file", "make_config",
+           "check_types", "config_fields", "public_dict"]
 
 
 T = TypeVar("T")
 # numpy, torch and Optuna's samplers take seeds below 2**32; half of that leaves room for the offsets
 # added per worker and per trial (``nas.search.sampler_seed``: seed + 7919 * slot).
 MAX_SEED = 2**31 - 1
+SEED_EXPECTED = f"a whole number in 0..{MAX_SEED}"  # what a --seed error says was expected
+
+
+def is_seed(value: object) -> bool:
+    """Whether ``value`` is a seed every command accepts: a whole number (not a bool) in 0..MAX_SEED."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 

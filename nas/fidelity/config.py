@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nas.config import MAX_SEED, ConfigError, make_config, parse_count
+from nas.config import SEED_EXPECTED, ConfigError, is_seed, make_config, parse_count
 from nas.proxy.config import ProxyTaskConfig, proxy_fields
 
 __all__ = ["DEFAULT_PROXIES", "TASK_FIELDS", "ZC_BATCHES", "CheckConfig", "format_epochs", "parse_proxies"]
@@ -95,8 +95,7 @@ class CheckConfig:
         checks = (
             ("archs", 3 <= self.archs <= MAX_ARCHS, f"an integer in 3..{MAX_ARCHS} (a ranking needs at least 3 "
                                                     f"architectures; each is trained)"),
-            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
-             f"a whole number in 0..{MAX_SEED}"),
+            ("seed", is_seed(self.seed), SEED_EXPECTED),
             ("flops_band", self.flops_band >= 1, ">= 1"),
             ("reference_epochs", math.isfinite(self.reference_epochs) and self.reference_epochs > 0, "> 0"),
             ("reference_seeds", self.reference_seeds >= 1, "an integer >= 1 (2 or more measure seed-to-seed noise)"),

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas.config import MAX_SEED, ConfigError
+from nas.config import SEED_EXPECTED, ConfigError, is_seed
 from nas.proxy.data import DATASET_REGISTRY, DATASETS
 from nas.proxy.runtime import DEVICE_FORMS, is_device_name
 from search_spaces import ArchSpec, SpecError, get_preset, load_arch
@@ -86,7 +86,7 @@ class FinalConfig:
              "0 (none), a fraction in (0, 1) or a whole count >= 1"),
             ("device", is_device_name(self.device), DEVICE_FORMS),
             ("threads", self.threads is None or (_whole(self.threads) and self.threads >= 1), "a whole number >= 1"),
-            ("seed", _whole(self.seed) and 0 <= self.seed <= MAX_SEED, f"a whole number in 0..{MAX_SEED}"),
+            ("seed", is_seed(self.seed), SEED_EXPECTED),
             ("train_size", self.train_size is None or (_whole(self.train_size) and self.train_size >= 1),
              "a whole number >= 1"),
         )

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas.config import MAX_SEED, Choices, ConfigError, parse_count
+from nas.config import SEED_EXPECTED, Choices, ConfigError, is_seed, parse_count
 from nas.proxy.config import ProxyTaskConfig
 from nas.proxy.zero_cost import ZC_PROXIES
 from nas.search.study import PRUNER_REGISTRY, SAMPLER_REGISTRY
@@ -82,8 +82,7 @@ class SearchConfig(ProxyTaskConfig):
             ("reward", self.reward in REWARDS, f"one of {REWARDS}"),
             ("sampler", self.sampler in SAMPLERS, f"one of {SAMPLERS}"),
             ("pruner", self.pruner in PRUNERS, f"one of {PRUNERS}"),
-            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED,
-             f"a whole number in 0..{MAX_SEED}"),
+            ("seed", is_seed(self.seed), SEED_EXPECTED),
             ("trials", isinstance(self.trials, int) and self.trials >= 1, "an integer >= 1"),
             ("timeout", self.timeout is None or self.timeout > 0, "> 0 seconds"),
             ("flops_band", self.flops_band >= 1, ">= 1"),
