@@ -117,11 +117,12 @@ def _search(cfg: GridConfig, base: ArchSpec,
 
 def run(cfg: GridConfig) -> int:
     """Plan, search the grid (unless the coefficients are given), write the family; returns the exit status."""
+    from nas.cluster.storage import storage_files
     from scaling.outputs import OUTPUTS
     from search_spaces import resolve_arch
     from search_spaces.files import check_out_dir
 
-    check_out_dir(cfg.out, OUTPUTS, ConfigError)
+    check_out_dir(cfg.out, (*OUTPUTS, *storage_files(cfg.storage)), ConfigError)
 
     base = resolve_arch(cfg.base)
     if cfg.resolution is not None:

@@ -17,7 +17,7 @@ from scaling.variants import Variant, make_family, variant_yaml
 from search_spaces import ArchSpec, count_cost
 
 OUTPUTS = ("candidates.csv", "variants.csv", "variants", "coefficients.yaml", "candidates.png", "variants.png",
-           "manifest.json", "study.journal")  # what a grid run writes in --out
+           "manifest.json")  # what a grid run writes in --out, beside its study's files (nas.cluster.storage_files)
 
 __all__ = ["OUTPUTS", "CANDIDATE_COLUMNS", "VARIANT_COLUMNS", "write_csv", "candidate_rows", "plan_text",
            "family_table", "emit", "write_outputs"]

@@ -9,6 +9,8 @@ import pytest
 
 from nas.cli.proxy_check import main as proxy_check_main
 from nas.cli.search import main as search_main
+from nas.cluster.storage import storage_files
+from nas.search.outputs import OUTPUTS
 from scaling.cli import main as grid_main
 from search_spaces.files import check_out_dir, is_ours
 from search_spaces.interop.cli import main as export_main
@@ -91,3 +93,16 @@ def test_nas_export_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
     assert export_main(["efficientnet-b0", "--out", ""]) == 2
     assert capsys.readouterr().err.strip() == "nas-export: error: --out must be a file or folder path, but got ''"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("storage, left", [("sqlite:///{out}/study.db", ["study.db", "study.db-journal"]),
+                                           ("journal:{out}/grid.journal", ["grid.journal", "grid.journal.lock"])])
+def test_a_run_interrupted_before_its_manifest_resumes_with_its_own_storage_file(storage, left, tmp_path):
+    """A study file in --out (SQLite, or a journal under another name) is the run's, not someone else's."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in left:  # what a first run leaves when it is stopped before writing any output
+        (out / name).write_text("")
+    assert check_out_dir(out, (*OUTPUTS, *storage_files(storage.format(out=out))), ValueError) == out
+    with pytest.raises(ValueError, match="holds files this command did not write"):
+        check_out_dir(out, OUTPUTS, ValueError)  # without the storage's files they would be foreign

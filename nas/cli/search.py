@@ -95,6 +95,7 @@ def parse_config(argv: Sequence[str] | None) -> SearchConfig:
 
 def run(cfg: SearchConfig) -> int:
     """Check everything, load the data, then search (rank 0) or train what rank 0 sends; returns the exit status."""
+    from nas.cluster.storage import storage_files
     from nas.cluster.torchrun import Ranks
     from nas.proxy.data import load_data
     from nas.proxy.runtime import check_device, resolve_device
@@ -105,7 +106,7 @@ def run(cfg: SearchConfig) -> int:
     from search_spaces.files import check_out_dir
     from search_spaces.space import SearchSpace
 
-    check_out_dir(cfg.out, (*OUTPUTS, "study.journal", "latency_table.json"), ConfigError)
+    check_out_dir(cfg.out, (*OUTPUTS, *storage_files(cfg.storage), "latency_table.json"), ConfigError)
 
     space = SearchSpace.load(cfg.space)
     seeds = [resolve_arch(ref) for ref in cfg.seed_arch]

@@ -38,7 +38,7 @@ from nas.config import ConfigError, check_url, mask_url
 
 __all__ = ["HEARTBEAT_SECONDS", "GRACE_SECONDS", "RETRY_SECONDS", "MAX_RETRY", "StorageUnavailable", "is_journal",
            "is_transient", "retry_call", "StorageScheme", "STORAGES", "scheme_of", "storage_help", "journal_path",
-           "open_storage", "dashboard_command", "dashboard_line"]
+           "storage_files", "open_storage", "dashboard_command", "dashboard_line"]
 
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
@@ -90,6 +90,19 @@ def is_journal(storage: str | None) -> bool:
 def journal_path(storage: str | None, out_dir: Path) -> Path:
     """The journal file of a journal ``--storage`` value (None: ``<out_dir>/study.journal``)."""
     return out_dir / "study.journal" if storage is None else Path(storage.removeprefix("journal:"))
+
+
+def storage_files(storage: str | None) -> tuple[str, ...]:
+    """The names of the files a file-based ``--storage`` keeps (its journal, or an SQLite file and its companions).
+
+    A command's ``--out`` may hold them: they are the study's, not someone else's files.
+    """
+    if storage is None or is_journal(storage):
+        return (journal_path(storage, Path(".")).name,)
+    if storage.startswith("sqlite:///"):
+        name = Path(storage.removeprefix("sqlite:///")).name
+        return (name, f"{name}-journal", f"{name}-wal", f"{name}-shm")
+    return ()
 
 
 def _open_journal(storage: str | None, out_dir: Path, timing: Timing) -> BaseStorage:
