@@ -20,15 +20,23 @@ import argparse
 import logging
 import signal
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from nas.cli.common import EXIT_INTERRUPTED, add_proxy_arguments, command_parser, error_exit, glue_negative_values
 from nas.config import ConfigError, make_config
 from nas.fidelity.analysis import analyse, plot_scatter, report_table, write_results_csv, write_summary
 from nas.fidelity.cache import CACHE_NAME, ScoreCache, cache_settings, exclusive
 from nas.fidelity.check import compute_missing, measure, plan_items, sample_archs
-from nas.fidelity.config import DEFAULT_PROXIES, TASK_FIELDS, CheckConfig, parse_proxies
+from nas.fidelity.config import DEFAULT_PROXIES, TASK_FIELDS, CheckConfig, is_supernet_method, parse_proxies
 from nas.proxy.config import ProxyTaskConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from nas.fidelity.check import Scorer
+    from nas.proxy.data import ProxyData
+    from nas.proxy.train import TrainConfig
+    from search_spaces import ArchSpec
 
 # The library names this command used to define, importable from here as before.
 __all__ = ["PROG", "CACHE_NAME", "CheckConfig", "parse_proxies", "sample_archs", "plan_items", "measure",
@@ -47,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flops-band", type=float, help="keep architectures within [T/band, T*band] [4]")
     g.add_argument("--include-b0", action="store_true", default=None, help="rank EfficientNet-B0 too")
     g = p.add_argument_group("proxies and reference")
-    g.add_argument("--proxies", help=f"comma list of train:EPOCHS and zc:NAME [{DEFAULT_PROXIES}]")
+    g.add_argument("--proxies", help=f"comma list of train:EPOCHS, zc:NAME, supernet (inherited weights) and "
+                                     f"supernet+ft:EPOCHS (inherited weights, fine-tuned) [{DEFAULT_PROXIES}]")
+    g.add_argument("--supernet", help="the trained supernet of the supernet proxies (nas-search --proxy supernet "
+                                      "trains one)")
+    g.add_argument("--supernet-bn-batches", type=int, help="training batches each candidate's BN statistics are "
+                                                           "recalibrated on [20]")
     g.add_argument("--reference-epochs", type=float, help="epochs of the reference training [5]")
     g.add_argument("--reference-seeds", type=int, help="reference runs per architecture, one per seed [2]")
     g = p.add_argument_group("proxy task (as nas-search)")
@@ -69,6 +82,7 @@ def parse_config(argv: Sequence[str]) -> CheckConfig:
                           "and the reference's length as --reference-epochs")
     task: ProxyTaskConfig = make_config(ProxyTaskConfig, {}, {k: args.pop(k) for k in TASK_FIELDS if k in args})
     config: CheckConfig = make_config(CheckConfig, {}, {**args, "task": task})
+    config.check_complete()
     return config
 
 
@@ -86,19 +100,20 @@ def run(cfg: CheckConfig) -> int:
     data_cfg, trainer = cfg.task.data_config(cfg.seed), cfg.task.train_config(cfg.seed)
     data = load_data(data_cfg)
     cfg.task.check_data(data)
-    items = plan_items(cfg, archs)
+    stored, scorers = _supernet_scorers(cfg, data, trainer, device) if cfg.uses_supernet else ({}, {})
+    items = plan_items(cfg, archs, stored)
     out.mkdir(parents=True, exist_ok=True)  # every input has been checked; an existing cache is left as it is
     path, settings = out / CACHE_NAME, cache_settings(data_cfg, trainer, archs[0])
     try:
         with exclusive(path), torch_threads(cfg.task.threads):
             cache = ScoreCache.open(path, settings)
-            computed = compute_missing(items, cache, data, trainer, device)
+            computed = compute_missing(items, cache, data, trainer, device, scorers)
     except KeyboardInterrupt:
         done = sum(item.key in ScoreCache.open(path, settings) for item in items)
         print(f"{PROG}: interrupted; {done} of {len(items)} scores are in {path}. "
               f"Run the same command again to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    analysis = analyse(cfg, archs, cache)
+    analysis = analyse(cfg, archs, cache, stored)
     write_results_csv(cfg, analysis, out / "results.csv")
     write_summary(cfg, analysis, computed, len(items), out / "summary.json")
     plotted = plot_scatter(cfg, analysis, out / "scatter.png")
@@ -107,9 +122,34 @@ def run(cfg: CheckConfig) -> int:
     return 0
 
 
+def _supernet_scorers(cfg: CheckConfig, data: ProxyData, trainer: TrainConfig,
+                      device: torch.device) -> tuple[dict[str, str], dict[str, Scorer]]:
+    """The supernet proxies: each one's name in the cache (with the supernet's digest and BN batches) and scorer."""
+    import torch
+
+    from nas.supernet import score
+    from nas.supernet.proxy import file_digest, prepare_supernet, score_config
+    from search_spaces import default_space
+
+    supernet = prepare_supernet(default_space(), data, str(cfg.supernet), device)
+    tag = f"@{file_digest(str(cfg.supernet))}/bn{cfg.supernet_bn_batches}"
+
+    def scorer(finetune: float) -> Scorer:
+        def score_arch(arch: ArchSpec, seed: int) -> float:
+            torch.manual_seed(seed)  # the fine-tuning's batches and dropout
+            return score(supernet, arch, data, bn_batches=cfg.supernet_bn_batches, finetune_epochs=finetune,
+                         config=score_config(trainer, seed))
+        return score_arch
+
+    methods = [m for m in cfg.proxies if is_supernet_method(m)]
+    stored = {m: m + tag for m in methods}
+    return stored, {m + tag: scorer(float(m.partition(":")[2] or 0)) for m in methods}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command: exit 0 with the report, 2 with one ``nas-proxy-check: error: ...`` line, 130 interrupted."""
     from nas.proxy.data import DataError
+    from nas.supernet import SupernetError
     from search_spaces import SpecError
     from search_spaces.space import SpaceError
 
@@ -117,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # preemption ends like Ctrl-C: the cache is kept
     try:
         return run(parse_config(sys.argv[1:] if argv is None else argv))
-    except (ConfigError, SpecError, SpaceError, DataError) as exc:
+    except (ConfigError, SpecError, SpaceError, DataError, SupernetError) as exc:
         return error_exit(PROG, exc)
 
 

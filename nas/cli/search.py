@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 from nas.cli.common import (
     EXIT_INTERRUPTED,
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     import optuna
 
     from nas.cluster.locks import StudyLock
-    from nas.proxy.train import TrainResult
+    from nas.proxy.data import ProxyData
+    from nas.proxy.train import TrainConfig, TrainResult
     from nas.search.objective import Objective, StopAtTrials
     from search_spaces import ArchSpec
     from search_spaces.space import SearchSpace
@@ -56,8 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target-latency", help="latency target T with --cost latency: 15ms, 1500us or 0.015s")
     g.add_argument("--latency-table", help="cache file of the per-layer latency table [OUT/latency_table.json]")
     g = p.add_argument_group("proxy task")
-    g.add_argument("--proxy", help=f"train (the proxy task), or {choices_help(ZC_NAMES, prefix='zc:')} "
-                                   "(a zero-cost score at initialization stands in for accuracy) [train]")
+    g.add_argument("--proxy", help=f"train (the proxy task), supernet (inherited weights of a weight-sharing "
+                                   f"supernet), or {choices_help(ZC_NAMES, prefix='zc:')} (a zero-cost score at "
+                                   "initialization stands in for accuracy) [train]")
+    g.add_argument("--supernet", help="with --proxy supernet: a trained supernet file [train one in OUT/supernet.pt "
+                                      "first; a rerun resumes it]")
+    g.add_argument("--supernet-epochs", type=float, help="epochs of the supernet's training [10]")
+    g.add_argument("--supernet-bn-batches", type=int, help="training batches each candidate's BN statistics are "
+                                                           "recalibrated on [20]")
+    g.add_argument("--supernet-finetune", type=float, help="epochs of fine-tuning from the inherited weights "
+                                                           "before scoring (0.1: a tenth) [0]")
     g.add_argument("--prescreen", help="K:k: score K random architectures in the cost band with "
                                        "--prescreen-proxy, queue the best k to train first")
     g.add_argument("--prescreen-proxy", help=choices_help(ZC_NAMES, "synflow"))
@@ -102,16 +111,14 @@ def run(cfg: SearchConfig) -> int:
     from nas.proxy.train import train_proxy
     from nas.search.objective import check_reachable
     from nas.search.outputs import OUTPUTS, plan_text
-    from search_spaces import build_model, resolve_arch
+    from search_spaces import build_model
     from search_spaces.files import check_out_dir
     from search_spaces.space import SearchSpace
 
-    check_out_dir(cfg.out, (*OUTPUTS, *storage_files(cfg.storage), "latency_table.json"), ConfigError)
+    check_out_dir(cfg.out, (*OUTPUTS, *storage_files(cfg.storage), "latency_table.json", "supernet.pt"), ConfigError)
 
     space = SearchSpace.load(cfg.space)
-    seeds = [resolve_arch(ref) for ref in cfg.seed_arch]
-    for arch in seeds:
-        space.encode(arch)  # raises SpaceError naming the misfit
+    seeds = _seed_archs(cfg, space)
     check_reachable(cfg, space)
     tcfg, dcfg = cfg.train_config(cfg.seed), cfg.data_config(cfg.seed)
     if cfg.dry_run:
@@ -137,6 +144,9 @@ def run(cfg: SearchConfig) -> int:
         return score
 
     train = _scored(zero_cost(cfg.proxy[3:])) if cfg.proxy.startswith("zc:") else trained
+    settings: dict[str, object] = {}
+    if cfg.proxy == "supernet":
+        train, settings["supernet_digest"] = _supernet(cfg, space, data, tcfg)
     score = zero_cost(cfg.prescreen_proxy) if cfg.prescreen else None
 
     ranks = Ranks.join(cfg.device)
@@ -144,12 +154,23 @@ def run(cfg: SearchConfig) -> int:
         return ranks.follow(train)
     interrupted = True  # until the search returns: the other ranks may be gone
     try:
-        code = _search(cfg, space, seeds, ranks.lead(train), ranks.world_size, dataclasses.asdict(tcfg), score)
+        code = _search(cfg, space, seeds, ranks.lead(train), ranks.world_size, dataclasses.asdict(tcfg), score,
+                       settings)
         interrupted = code == EXIT_INTERRUPTED
         return code
     finally:
         if not interrupted:
             ranks.close()
+
+
+def _seed_archs(cfg: SearchConfig, space: SearchSpace) -> list[ArchSpec]:
+    """The ``--seed-arch`` networks; ``SpaceError`` names one that is not a member of the space."""
+    from search_spaces import resolve_arch
+
+    seeds = [resolve_arch(ref) for ref in cfg.seed_arch]
+    for arch in seeds:
+        space.encode(arch)
+    return seeds
 
 
 def _scored(score: Score) -> Train:
@@ -167,6 +188,29 @@ def _scored(score: Score) -> Train:
         return TrainResult(accuracy=value, top5=None, loss=math.nan, epochs=0.0, images=0,
                            seconds=time.perf_counter() - t0)
     return train
+
+
+def _supernet(cfg: SearchConfig, space: SearchSpace, data: ProxyData, tcfg: TrainConfig) -> tuple[Train, str]:
+    """``--proxy supernet``: train (or resume) the supernet in ``--out``, or load ``--supernet``; then a
+    ``train(arch, trial, seed)`` that scores with its inherited weights, and the digest of its file."""
+    from nas.proxy.runtime import resolve_device
+    from nas.supernet import SupernetTrainConfig, score
+    from nas.supernet.proxy import SUPERNET_FILE, file_digest, prepare_supernet, score_config
+
+    path = Path(cfg.supernet) if cfg.supernet else cfg.out_dir / SUPERNET_FILE
+    recipe = None if cfg.supernet else SupernetTrainConfig(
+        epochs=cfg.supernet_epochs, batch_size=cfg.batch_size, device=cfg.device, threads=cfg.threads, seed=cfg.seed)
+    if recipe is not None:
+        log.info("training the supernet in %s (%g epochs; a rerun resumes it)", path, cfg.supernet_epochs)
+    supernet = prepare_supernet(space, data, path, resolve_device(cfg.device), recipe)
+
+    def inherited(arch: ArchSpec, seed: int = cfg.seed) -> float:
+        import torch
+
+        torch.manual_seed(seed)  # the fine-tuning's dropout, when there is one
+        return score(supernet, arch, data, bn_batches=cfg.supernet_bn_batches,  # the same BN batches for every arch
+                     finetune_epochs=cfg.supernet_finetune, config=score_config(tcfg, cfg.seed))
+    return _scored(inherited), file_digest(path)
 
 
 def _latency(cfg: SearchConfig) -> Callable[[ArchSpec], float]:
@@ -199,7 +243,8 @@ def _prescreen(cfg: SearchConfig, study: optuna.Study, space: SearchSpace, objec
                                           "scores": [round(v, 4) for v, _ in best]})
 
 
-def _open(cfg: SearchConfig, space: SearchSpace, seeds: Sequence[ArchSpec]) -> tuple[optuna.Study, StudyLock, int]:
+def _open(cfg: SearchConfig, space: SearchSpace, seeds: Sequence[ArchSpec],
+          settings: Mapping[str, object]) -> tuple[optuna.Study, StudyLock, int]:
     """The study, created or resumed (its settings checked), with the seed architectures queued once;
     its lock; this worker's slot."""
     import nas.search as ctl
@@ -218,8 +263,8 @@ def _open(cfg: SearchConfig, space: SearchSpace, seeds: Sequence[ArchSpec]) -> t
         slot.append(workers.register_worker(probe, lock))
         return ctl.make_sampler(cfg.sampler, ctl.sampler_seed(cfg.seed, slot=slot[0]), n_startup)
 
-    study = ctl.open_study(cfg.study_name, storage, ctl.study_directions(cfg), ctl.search_settings(cfg, space),
-                           sampler, ctl.make_pruner(cfg.pruner))
+    study = ctl.open_study(cfg.study_name, storage, ctl.study_directions(cfg),
+                           {**ctl.search_settings(cfg, space), **settings}, sampler, ctl.make_pruner(cfg.pruner))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     with lock:  # workers starting together queue each seed architecture once
         ctl.enqueue_seeds(study, space, list(seeds))
@@ -227,7 +272,8 @@ def _open(cfg: SearchConfig, space: SearchSpace, seeds: Sequence[ArchSpec]) -> t
 
 
 def _search(cfg: SearchConfig, space: SearchSpace, seeds: Sequence[ArchSpec], train: Train, world_size: int,
-            trainer: dict[str, object], score: Score | None = None) -> int:
+            trainer: dict[str, object], score: Score | None = None,
+            settings: Mapping[str, object] | None = None) -> int:
     """Rank 0's part: the study, the trials, the outputs."""
     import nas.search as ctl
     from nas.cluster import workers
@@ -237,7 +283,7 @@ def _search(cfg: SearchConfig, space: SearchSpace, seeds: Sequence[ArchSpec], tr
     from nas.proxy.train import TrainingDiverged
     from nas.search.outputs import write_outputs
 
-    study, lock, slot = _open(cfg, space, seeds)
+    study, lock, slot = _open(cfg, space, seeds, settings or {})
     objective = ctl.Objective(cfg, space, train, latency=_latency(cfg) if cfg.cost == "latency" else None,
                               multi_objective=cfg.sampler == "nsga2", lock=lock)
     if score is not None and slot == 0:
@@ -284,10 +330,11 @@ def _finish(cfg: SearchConfig, study: optuna.Study, stop: StopAtTrials, rows: li
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command: 0 done, 2 bad input (one line), 3 storage unreachable, 130 interrupted (the study is kept)."""
+    from nas.supernet import SupernetError
     from search_spaces.space import SpaceError
 
     # optuna's log at ERROR: failed trials are reported by Progress
-    return study_main(PROG, "nas.cli.search", argv, parse=parse_config, run=run, errors=(SpaceError,),
+    return study_main(PROG, "nas.cli.search", argv, parse=parse_config, run=run, errors=(SpaceError, SupernetError),
                       optuna_level=logging.ERROR, relaunch=lambda cfg: not cfg.dry_run)
 
 

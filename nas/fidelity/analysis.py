@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, TypedDict
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypedDict
 
 import numpy as np
 
@@ -95,8 +95,12 @@ class Analysis:
         return self.reference_runs.mean(axis=1)
 
 
-def analyse(cfg: CheckConfig, archs: Sequence[ArchSpec], cache: ScoreCache) -> Analysis:
+def analyse(cfg: CheckConfig, archs: Sequence[ArchSpec], cache: ScoreCache,
+            stored: Mapping[str, str] | None = None) -> Analysis:
+    """Each proxy's agreement with the reference; ``stored``: a proxy's name in the cache (``plan_items``)."""
     from search_spaces import count_cost
+
+    stored = stored or {}
 
     def scores(method: str, seed: int) -> np.ndarray:
         return np.array([cache.score((a.to_str(), method, seed)) for a in archs])
@@ -106,11 +110,11 @@ def analyse(cfg: CheckConfig, archs: Sequence[ArchSpec], cache: ScoreCache) -> A
 
     runs = np.stack([scores(cfg.reference_method, s) for s in cfg.reference_seed_values], axis=1)
     reference = runs.mean(axis=1)
-    proxy_scores = {m: scores(m, cfg.seed) for m in cfg.proxies}
+    proxy_scores = {m: scores(stored.get(m, m), cfg.seed) for m in cfg.proxies}
     proxies: dict[str, Agreement] = {}
     for m, x in proxy_scores.items():
         proxies[m] = fidelity(x, reference)
-        proxies[m]["seconds_per_arch"] = seconds_per_arch(m, [cfg.seed])
+        proxies[m]["seconds_per_arch"] = seconds_per_arch(stored.get(m, m), [cfg.seed])
     finite_rows = runs[np.isfinite(runs).all(axis=1)]
     seeds = seed_agreement(finite_rows) if runs.shape[1] >= 2 else None
     return Analysis(list(archs), [count_cost(a, MACS_RESOLUTION).macs for a in archs], proxy_scores, runs, proxies,

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ __all__ = ["MAX_DRAWS_PER_ARCH", "sample_archs", "Item", "plan_items", "measure"
 log = logging.getLogger("nas-proxy-check")
 MAX_DRAWS_PER_ARCH = 1000  # sampling gives up after this many draws per wanted architecture
 T = TypeVar("T")
+Scorer = Callable[[ArchSpec, int], float]  # (arch, seed) -> score
 
 
 class _SeededDraw:
@@ -78,22 +79,32 @@ class Item:
         return self.arch.to_str(), self.method, self.seed
 
 
-def plan_items(cfg: CheckConfig, archs: Sequence[ArchSpec]) -> list[Item]:
-    """Every score the report needs, cheapest first: zero-cost, proxy training, then the reference."""
-    def cost(method: str) -> float:
-        kind, _, arg = method.partition(":")
-        return float(arg) if kind == "train" else 0.0
+def plan_items(cfg: CheckConfig, archs: Sequence[ArchSpec], stored: Mapping[str, str] | None = None) -> list[Item]:
+    """Every score the report needs, cheapest first: zero-cost, supernet, proxy training, then the reference.
 
-    runs = [(m, cfg.seed) for m in cfg.proxies] + [(cfg.reference_method, s) for s in cfg.reference_seed_values]
+    ``stored``: a proxy's name in the cache where it differs from the method (a supernet proxy's
+    carries the supernet's digest and its BN batches, so another supernet's scores are never reused).
+    """
+    def cost(method: str) -> float:
+        kind, _, arg = method.partition("@")[0].partition(":")
+        return float(arg) if kind in ("train", "supernet+ft") else 0.01 if kind == "supernet" else 0.0
+
+    stored = stored or {}
+    runs = [(stored.get(m, m), cfg.seed) for m in cfg.proxies]
+    runs += [(cfg.reference_method, s) for s in cfg.reference_seed_values]
     runs.sort(key=lambda run: cost(run[0]))  # stable: the reference after a proxy of the same length
     return [Item(arch, method, seed) for method, seed in runs for arch in archs]
 
 
-def measure(item: Item, data: ProxyData, trainer: TrainConfig, device: str | torch.device) -> float:
-    """Held-out accuracy after training (``train:E``) or the zero-cost score (``zc:NAME``) of ``item``."""
+def measure(item: Item, data: ProxyData, trainer: TrainConfig, device: str | torch.device,
+            scorers: Mapping[str, Scorer] | None = None) -> float:
+    """Held-out accuracy after training (``train:E``), the zero-cost score (``zc:NAME``) of ``item``, or
+    the score of ``scorers[item.method]`` (``(arch, seed) -> score``: the supernet proxies)."""
     from nas.proxy.train import train_proxy
     from search_spaces import build_model
 
+    if scorers and item.method in scorers:
+        return scorers[item.method](item.arch, item.seed)
     kind, _, arg = item.method.partition(":")
     if kind == "zc":
         from nas.proxy.zero_cost import score_arch
@@ -106,7 +117,7 @@ def measure(item: Item, data: ProxyData, trainer: TrainConfig, device: str | tor
 
 
 def compute_missing(items: Sequence[Item], cache: ScoreCache, data: ProxyData, trainer: TrainConfig,
-                    device: str | torch.device) -> int:
+                    device: str | torch.device, scorers: Mapping[str, Scorer] | None = None) -> int:
     """Compute and store each item not in ``cache``, logging one line each; returns how many were computed."""
     from nas.search.progress import fmt_seconds
 
@@ -119,7 +130,7 @@ def compute_missing(items: Sequence[Item], cache: ScoreCache, data: ProxyData, t
         record: dict[str, object] = {"arch": item.arch.to_str(), "method": item.method, "seed": item.seed}
         error = None
         try:
-            score: float | None = float(measure(item, data, trainer, device))
+            score: float | None = float(measure(item, data, trainer, device, scorers))
         except TrainingDiverged as exc:
             score, error = None, str(exc)
         if score is not None and not math.isfinite(score):
@@ -130,7 +141,8 @@ def compute_missing(items: Sequence[Item], cache: ScoreCache, data: ProxyData, t
         cache.add(record)
         macs = count_cost(item.arch, MACS_RESOLUTION).macs
         shown = f"{score:.4f}" if score is not None else error
-        log.info("[%d/%d] %s seed %d %s (%.0fM MACs): %s in %.1f s | elapsed %s", number, len(todo), item.method,
+        log.info("[%d/%d] %s seed %d %s (%.0fM MACs): %s in %.1f s | elapsed %s", number, len(todo),
+                 item.method.partition("@")[0],
                  item.seed, item.arch.name, macs / 1e6, shown, record["seconds"],
                  fmt_seconds(time.perf_counter() - start))
     return len(todo)

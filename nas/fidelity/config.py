@@ -10,7 +10,8 @@ from typing import Mapping, Sequence
 from nas.config import SEED_EXPECTED, ConfigError, is_seed, make_config, parse_count
 from nas.proxy.config import ProxyTaskConfig, proxy_fields
 
-__all__ = ["DEFAULT_PROXIES", "TASK_FIELDS", "ZC_BATCHES", "CheckConfig", "format_epochs", "parse_proxies"]
+__all__ = ["DEFAULT_PROXIES", "TASK_FIELDS", "ZC_BATCHES", "CheckConfig", "format_epochs", "is_supernet_method",
+           "parse_proxies"]
 
 DEFAULT_PROXIES = "train:1,zc:synflow,zc:naswot,zc:grad_norm,zc:snip"
 ZC_BATCHES = 1  # a zero-cost score is taken on one batch of --batch-size training images, as nas-search takes it
@@ -63,7 +64,24 @@ def _parse_proxy(item: str) -> str:
             raise ConfigError(f"--proxies item {item!r}: unknown zero-cost proxy {arg!r}, expected one of "
                               f"{', '.join('zc:' + n for n in ZC_PROXIES)}")
         return item
-    raise ConfigError(f"--proxies item {item!r}: expected train:EPOCHS (like train:1) or zc:NAME (like zc:synflow)")
+    if kind == "supernet" and not arg:
+        return "supernet"
+    if kind == "supernet+ft":
+        try:
+            epochs = float(arg)
+        except ValueError:
+            epochs = math.nan
+        if not (math.isfinite(epochs) and epochs > 0):
+            raise ConfigError(f"--proxies item {item!r}: expected supernet+ft:EPOCHS with EPOCHS > 0, like "
+                              f"supernet+ft:0.1")
+        return f"supernet+ft:{format_epochs(epochs)}"
+    raise ConfigError(f"--proxies item {item!r}: expected train:EPOCHS (like train:1), zc:NAME (like zc:synflow), "
+                      f"supernet or supernet+ft:EPOCHS")
+
+
+def is_supernet_method(method: str) -> bool:
+    """``supernet`` and ``supernet+ft:E``: scores with a supernet's inherited weights."""
+    return method == "supernet" or method.startswith("supernet+ft:")
 
 
 MAX_ARCHS = 10_000  # every one is trained (or scored) once per proxy: more is days, not a check
@@ -86,6 +104,8 @@ class CheckConfig:
     proxies: tuple[str, ...] = tuple(DEFAULT_PROXIES.split(","))  # a comma list or a sequence is parsed
     reference_epochs: float = 5.0
     reference_seeds: int = 2
+    supernet: str | None = None  # the trained supernet of the supernet proxies
+    supernet_bn_batches: int = 20
     task: ProxyTaskConfig = field(default_factory=ProxyTaskConfig)  # or a mapping of TASK_FIELDS
     out: str = "runs/proxy-check"
 
@@ -100,6 +120,10 @@ class CheckConfig:
             ("reference_epochs", math.isfinite(self.reference_epochs) and self.reference_epochs > 0, "> 0"),
             ("reference_seeds", self.reference_seeds >= 1, "an integer >= 1 (2 or more measure seed-to-seed noise)"),
             ("out", isinstance(self.out, str) and bool(self.out.strip()), "a folder path"),
+            ("supernet", self.supernet is None or (bool(str(self.supernet).strip()) and self.uses_supernet),
+             "given only with --proxies supernet or supernet+ft:EPOCHS, as a trained supernet file"),
+            ("supernet_bn_batches", isinstance(self.supernet_bn_batches, int) and self.supernet_bn_batches >= 0,
+             "a whole number of batches >= 0"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -117,6 +141,21 @@ class CheckConfig:
                                   f"{', '.join(TASK_FIELDS)}")
         config: ProxyTaskConfig = make_config(ProxyTaskConfig, {}, {**values, "epochs": self.reference_epochs})
         return config
+
+    @property
+    def uses_supernet(self) -> bool:
+        return any(is_supernet_method(m) for m in self.proxies)
+
+    def check_complete(self) -> None:
+        """The checks across fields that a config of one field (as ``make_config`` probes it) cannot pass.
+
+        Raises:
+            ConfigError: a supernet proxy without ``--supernet``.
+        """
+        if self.uses_supernet and self.supernet is None:
+            listed = ", ".join(m for m in self.proxies if is_supernet_method(m))
+            raise ConfigError(f"--proxies {listed} needs --supernet, the trained supernet file "
+                              f"(nas-search --proxy supernet trains one in its --out)")
 
     @property
     def reference_method(self) -> str:

@@ -19,8 +19,12 @@ SAMPLERS = Choices(SAMPLER_REGISTRY)
 PRUNERS = Choices(PRUNER_REGISTRY)
 REWARDS = ("soft", "hard")
 ZC_NAMES = Choices(ZC_PROXIES)
-PROXIES = Choices(lambda: ("train", *(f"zc:{n}" for n in ZC_PROXIES)))
+PROXIES = Choices(lambda: ("train", "supernet", *(f"zc:{n}" for n in ZC_PROXIES)))
 COSTS = ("macs", "latency")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,11 @@ class SearchConfig(ProxyTaskConfig):
     target_latency: str | float | None = None  # seconds, or "15ms"; required with cost latency
     latency_table: str | None = None  # cache file of the per-layer table [in --out]
     # proxy task
-    proxy: str = "train"  # or "zc:NAME": a zero-cost score at initialization stands in for accuracy
+    proxy: str = "train"  # or "zc:NAME": a zero-cost score at initialization; "supernet": inherited weights
+    supernet: str | None = None  # a trained supernet (--proxy supernet); None: train one in --out first
+    supernet_epochs: float = 10.0  # its training when nas-search trains it
+    supernet_bn_batches: int = 20  # training batches a candidate's BN statistics are recalibrated on
+    supernet_finetune: float = 0.0  # epochs of fine-tuning from the inherited weights before scoring
     prescreen: str | None = None  # "K:k": score K sampled architectures, queue the best k to train first
     prescreen_proxy: str = "synflow"
     # controller
@@ -76,6 +84,13 @@ class SearchConfig(ProxyTaskConfig):
             ("target_latency", self.cost != "latency" or self.target_latency is not None,
              "given with --cost latency (e.g. 15ms)"),
             ("proxy", self.proxy in PROXIES, f"one of {', '.join(PROXIES)}"),
+            ("supernet", self.supernet is None or (self.proxy == "supernet" and bool(str(self.supernet).strip())),
+             "given with --proxy supernet, as the path of a trained supernet"),
+            ("supernet_epochs", _positive(self.supernet_epochs), "a number of epochs > 0"),
+            ("supernet_bn_batches", isinstance(self.supernet_bn_batches, int) and self.supernet_bn_batches >= 0,
+             "a whole number of batches >= 0"),
+            ("supernet_finetune", _positive(self.supernet_finetune) or self.supernet_finetune == 0,
+             "a number of epochs >= 0"),
             ("prescreen_proxy", self.prescreen_proxy in ZC_NAMES, f"one of {', '.join(ZC_NAMES)}"),
             ("prescreen", self.prescreen is None or self.prescreen_counts is not None,
              "K:k with whole numbers K >= k >= 1 (score K architectures, train the best k first), e.g. 200:20"),

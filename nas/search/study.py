@@ -100,6 +100,8 @@ def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, object]:
                 "reward": cfg.reward, "reward_exponent": cfg.reward_exponent, "dataset": cfg.dataset}
     if cfg.proxy != "train":  # absent from studies made before these options: such a study resumes
         settings["proxy"] = cfg.proxy
+    if cfg.proxy == "supernet":
+        settings.update(supernet_bn_batches=cfg.supernet_bn_batches, supernet_finetune=cfg.supernet_finetune)
     if cfg.cost != "macs":
         settings.update(cost=cfg.cost, target_latency=cfg.target_latency)
     return settings

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nas.supernet.net import Supernet, SupernetError
+from nas.supernet.net import Supernet, SupernetError, TrainedOn
 from search_spaces.files import atomic_write
 from search_spaces.space import SearchSpace, SpaceError
 
@@ -29,6 +29,7 @@ def save_checkpoint(path: str | Path, supernet: Supernet, optimizer: torch.optim
     state: Checkpoint = {
         "format": FORMAT, "space": supernet.space.source, "space_digest": supernet.space.digest(),
         "num_classes": supernet.num_classes, "in_chans": supernet.in_chans, "step": step, "recipe": dict(recipe),
+        "trained_on": supernet.trained_on,
         "model": supernet.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
     }
     path = Path(path)
@@ -79,7 +80,13 @@ def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> Super
         raise SupernetError(f"supernet checkpoint {str(path)!r}: {exc}") from None
     supernet = Supernet(space, _int(state, "num_classes"), _int(state, "in_chans")).to(device)
     _load_weights(supernet, state, path)
+    supernet.trained_on = _trained_on(state)
     return supernet
+
+
+def _trained_on(state: Checkpoint) -> TrainedOn | None:
+    record = state.get("trained_on")
+    return record if isinstance(record, dict) else None
 
 
 def _load_weights(supernet: Supernet, state: Checkpoint, path: str | Path) -> None:
@@ -117,6 +124,7 @@ def restore_checkpoint(path: str | Path, supernet: Supernet, optimizer: torch.op
             raise SupernetError(f"{where} was trained with {key}={stored.get(key)!r}, but this run has "
                                 f"{key}={recipe.get(key)!r} (use another checkpoint path to start afresh)")
     _load_weights(supernet, state, path)
+    supernet.trained_on = _trained_on(state)
     saved = state.get("optimizer")
     if not isinstance(saved, dict):
         raise SupernetError(f"{where} holds no optimizer state to resume from")

@@ -21,9 +21,10 @@ from search_spaces import ArchSpec, resolve
 from search_spaces.builder import Layer
 from search_spaces.space import SearchSpace, SpaceError, StageChoices
 
-__all__ = ["SupernetError", "Supernet", "ActiveLayer"]
+__all__ = ["SupernetError", "Supernet", "ActiveLayer", "TrainedOn"]
 
 ActiveLayer = tuple[int, int, Layer]  # (stage index, slot index, the resolved layer)
+TrainedOn = dict[str, object]  # the data a supernet was trained on: dataset, shape, training images
 
 
 class SupernetError(ValueError):
@@ -72,6 +73,7 @@ class Supernet(nn.Module):
         self.classifier = nn.Linear(self.head_channels or in_max, num_classes)
         self._active: ArchSpec | None = None
         self._plan: tuple[ActiveLayer, ...] = ()
+        self.trained_on: TrainedOn | None = None  # set by training, kept in its checkpoints (nas.supernet.provenance)
 
     def _stage(self, choices: StageChoices, in_max: int, in_choices: set[int]) -> nn.ModuleList:
         out_max, kernel_max = max(choices.filters), max(choices.kernels)

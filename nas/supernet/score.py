@@ -26,6 +26,7 @@ from nas.proxy import (
     train_proxy,
 )
 from nas.supernet.net import Supernet, SupernetError
+from nas.supernet.provenance import check_held_out
 from search_spaces import ArchSpec, Network, build_model
 
 __all__ = ["DEFAULT_SCORE_CONFIG", "extract_model", "score", "supernet_score_fn"]
@@ -66,7 +67,8 @@ def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: in
             ``finetune_epochs``.
 
     Raises:
-        SupernetError: ``arch`` does not fit the supernet, the data does not fit it, or a
+        SupernetError: ``arch`` does not fit the supernet, the data does not fit it, its held-out
+            split shares images with the supernet's training (``check_held_out``), or a
             negative ``bn_batches`` / ``finetune_epochs``.
     """
     if bn_batches < 0 or finetune_epochs < 0:
@@ -75,6 +77,7 @@ def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: in
     if (data.num_classes, data.in_chans) != (supernet.num_classes, supernet.in_chans):
         raise SupernetError(f"the data has {data.num_classes} classes and {data.in_chans} input channels, but the "
                             f"supernet {supernet.num_classes} and {supernet.in_chans}")
+    check_held_out(supernet, data)
     if config is None:
         config = dataclasses.replace(DEFAULT_SCORE_CONFIG, device=str(supernet.classifier.weight.device))
     config = dataclasses.replace(config, bn_recalibrate_batches=bn_batches, epochs=finetune_epochs or config.epochs)

@@ -44,6 +44,7 @@ from nas.proxy import (
 )
 from nas.supernet.checkpoint import Recipe, restore_checkpoint, save_checkpoint
 from nas.supernet.net import Supernet, SupernetError
+from nas.supernet.provenance import check_same_training, trained_on
 from nas.supernet.subnets import sandwich_archs
 
 __all__ = ["SupernetTrainConfig", "SupernetTrainResult", "train_supernet", "all_reduce_gradients"]
@@ -247,6 +248,9 @@ def train_supernet(supernet: Supernet, data: ProxyData, config: SupernetTrainCon
     first = 0
     if checkpoint is not None and Path(checkpoint).exists():
         first = restore_checkpoint(checkpoint, supernet, optimizer, config.recipe())
+    where = f"supernet checkpoint {str(checkpoint)!r}" if first else "the supernet"
+    check_same_training(supernet.trained_on, data, where)
+    supernet.trained_on = trained_on(data)
     end = plan.total_steps if until_step is None else max(first, min(plan.total_steps, until_step))
     losses: list[tuple[float, float]] = []
     rng_devices = [device.index] if device.type == "cuda" else []
