@@ -268,7 +268,7 @@ def test_a_diverged_run_is_stored_and_left_out_of_the_statistics(run_copy, capsy
     import nas.fidelity.check as pc
     from nas.proxy.train import TrainingDiverged
 
-    def fake_measure(item, data, trainer, device):
+    def fake_measure(item, data, trainer, device, scorers=None):
         assert item.method == "train:0.5"  # everything else is in the cache
         if item.arch.name == "arch00":
             raise TrainingDiverged("training diverged at step 1 of 2")

@@ -135,7 +135,7 @@ def test_the_test_split_is_never_read_by_the_proxy_task(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--sampler", "ppo"], "--sampler must be one of tpe, random, nsga2, gp, rl, qmc, but got 'ppo'"),
     (["--pruner", "sha"], "--pruner must be one of hyperband, median, none, patient, but got 'sha'"),
-    (["--proxy", "zc:jacov"], "--proxy must be one of train, zc:synflow, zc:naswot, zc:grad_norm, zc:snip, "
+    (["--proxy", "zc:jacov"], "--proxy must be one of train, supernet, zc:synflow, zc:naswot, zc:grad_norm, zc:snip, "
                               "zc:count, but got 'zc:jacov'"),
     (["--prescreen", "20:2", "--prescreen-proxy", "jacov"],
      "--prescreen-proxy must be one of synflow, naswot, grad_norm, snip, count, but got 'jacov'"),

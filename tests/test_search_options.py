@@ -67,7 +67,7 @@ def test_prescreen_queues_the_best_k_once(tmp_path):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--proxy", "zc:foo"], "--proxy must be one of train, zc:synflow"),
+    (["--proxy", "zc:foo"], "--proxy must be one of train, supernet, zc:synflow"),
     (["--proxy", "train:1"], "--proxy must be one of"),
     (["--prescreen", "3:5"], "--prescreen must be K:k"),
     (["--prescreen", "20"], "--prescreen must be K:k"),
