@@ -43,17 +43,21 @@ def parse_proxies(value: str | Sequence[object]) -> tuple[str, ...]:
     return tuple(methods)
 
 
+def _epochs(item: str, arg: str, expected: str) -> str:
+    """The epoch count of a ``KIND:EPOCHS`` item as written in a method name; ``ConfigError`` unless finite and > 0."""
+    try:
+        epochs = float(arg)
+    except ValueError:
+        epochs = math.nan
+    if not (math.isfinite(epochs) and epochs > 0):
+        raise ConfigError(f"--proxies item {item!r}: expected {expected}")
+    return format_epochs(epochs)
+
+
 def _parse_proxy(item: str) -> str:
     kind, _, arg = item.partition(":")
     if kind == "train":
-        try:
-            epochs = float(arg)
-        except ValueError:
-            epochs = math.nan
-        if not (math.isfinite(epochs) and epochs > 0):
-            raise ConfigError(f"--proxies item {item!r}: expected train:EPOCHS with EPOCHS > 0, "
-                              f"like train:1 or train:0.5")
-        return f"train:{format_epochs(epochs)}"
+        return f"train:{_epochs(item, arg, 'train:EPOCHS with EPOCHS > 0, like train:1 or train:0.5')}"
     if kind == "zc":
         try:
             from nas.proxy.zero_cost import ZC_PROXIES
@@ -67,14 +71,7 @@ def _parse_proxy(item: str) -> str:
     if kind == "supernet" and not arg:
         return "supernet"
     if kind == "supernet+ft":
-        try:
-            epochs = float(arg)
-        except ValueError:
-            epochs = math.nan
-        if not (math.isfinite(epochs) and epochs > 0):
-            raise ConfigError(f"--proxies item {item!r}: expected supernet+ft:EPOCHS with EPOCHS > 0, like "
-                              f"supernet+ft:0.1")
-        return f"supernet+ft:{format_epochs(epochs)}"
+        return f"supernet+ft:{_epochs(item, arg, 'supernet+ft:EPOCHS with EPOCHS > 0, like supernet+ft:0.1')}"
     raise ConfigError(f"--proxies item {item!r}: expected train:EPOCHS (like train:1), zc:NAME (like zc:synflow), "
                       f"supernet or supernet+ft:EPOCHS")
 

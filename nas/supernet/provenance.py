@@ -49,10 +49,14 @@ def check_same_training(record: TrainedOn | None, data: ProxyData, where: str) -
 
 
 def check_held_out(supernet: Supernet, data: ProxyData) -> None:
-    """Raise ``SupernetError`` when ``data``'s held-out split is not held out from the supernet's training.
+    """Raise ``SupernetError`` when ``data`` does not fit the supernet (classes, input channels) or its
+    held-out split is not held out from the supernet's training.
 
-    A supernet without a record (built, not trained by ``train_supernet``) passes.
+    A supernet without a record of its training (built, not trained by ``train_supernet``) passes the second.
     """
+    if (data.num_classes, data.in_chans) != (supernet.num_classes, supernet.in_chans):
+        raise SupernetError(f"the data has {data.num_classes} classes and {data.in_chans} input channels, but the "
+                            f"supernet {supernet.num_classes} and {supernet.in_chans}")
     record = supernet.trained_on
     if record is None:
         return

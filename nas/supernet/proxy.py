@@ -64,10 +64,7 @@ def prepare_supernet(space: SearchSpace, data: ProxyData, path: str | Path, devi
         if supernet.trained_on is None:
             raise SupernetError(f"supernet {str(path)!r} holds no record of the data it was trained on, so its "
                                 f"held-out split cannot be checked; train it with nas-search --proxy supernet")
-    if (data.num_classes, data.in_chans) != (supernet.num_classes, supernet.in_chans):
-        raise SupernetError(f"supernet {str(path)!r} has {supernet.num_classes} classes and {supernet.in_chans} input "
-                            f"channels, but the data {data.num_classes} and {data.in_chans}")
-    check_held_out(supernet, data)
+    check_held_out(supernet, data)  # the data fits, and its held-out split was not trained on
     return supernet.to(device).eval()
 
 

@@ -74,10 +74,7 @@ def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: in
     if bn_batches < 0 or finetune_epochs < 0:
         raise SupernetError(f"bn_batches and finetune_epochs must be >= 0, but got ({bn_batches=}, "
                             f"{finetune_epochs=})")
-    if (data.num_classes, data.in_chans) != (supernet.num_classes, supernet.in_chans):
-        raise SupernetError(f"the data has {data.num_classes} classes and {data.in_chans} input channels, but the "
-                            f"supernet {supernet.num_classes} and {supernet.in_chans}")
-    check_held_out(supernet, data)
+    check_held_out(supernet, data)  # the data fits, and its held-out split was not trained on
     if config is None:
         config = dataclasses.replace(DEFAULT_SCORE_CONFIG, device=str(supernet.classifier.weight.device))
     config = dataclasses.replace(config, bn_recalibrate_batches=bn_batches, epochs=finetune_epochs or config.epochs)
