@@ -9,17 +9,34 @@ and the ratios to the default storage. One run, one process.
     python bench/bench_controller.py --samplers rl,random --trials 300   # the RL controller's own cost
 
 With ``--samplers A,B``: in-memory storage only, each sampler's ms/trial and the ratio to the last.
+
+With ``--curve 0,1000,5000,10000``: the cost of one ``nas-search`` trial as the study grows, on the
+default storage (the journal file with leases and the study lock). The study is filled to each
+size with completed trials of random architectures (``study.add_trials``, the attributes a trial
+leaves), then ``--window`` trials run through the search's own objective and worker loop
+(``nas.search.Objective``, ``nas.cluster.workers.optimize``, the stop callback) with an instant
+proxy; their mean ms/trial is the curve's point, the same TPE as ``nas-search`` (multivariate,
+constant liar). ``--profile`` adds where the last window's time went (sampler, storage, ours).
+
+    python bench/bench_controller.py --curve 0,1000,2000,5000,10000 --window 100 --profile
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
+import random
 import tempfile
 import time
 from pathlib import Path
 
 import optuna
 
+from nas.cluster import workers
+from nas.cluster.locks import StudyLock
 from nas.cluster.storage import open_storage
+from nas.proxy.train import TrainResult
+from nas.search import Objective, SearchConfig, StopAtTrials
 from nas.search.study import make_sampler
 from search_spaces import count_cost, default_space
 
@@ -43,13 +60,85 @@ def run(storage, trials: int, seed: int = 0, sampler: str = "tpe") -> tuple[floa
     return (end - t0) / trials * 1e3, (end - tail_start) / (trials - int(trials * 0.9)) * 1e3
 
 
+def _prefill(study: optuna.Study, space, count: int, seed: int) -> None:
+    """Add ``count`` completed trials of random architectures, with the attributes a trained trial leaves."""
+    source = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    rng, made = random.Random(seed), []
+    for _ in range(count):
+        t = source.ask()
+        arch = space.sample(t)
+        accuracy = rng.uniform(0.3, 0.9)
+        made.append(optuna.trial.create_trial(
+            params=t.params, distributions=t.distributions, value=accuracy,
+            user_attrs={"arch": arch.to_str(), "macs": rng.randint(1e8, 1.6e9), "params": rng.randint(1e6, 2e7),
+                        "worker": "prefill", "trained": True, "accuracy": accuracy, "top5": None, "loss": 1.0,
+                        "reward": accuracy, "seconds": 0.0, "epochs": 1.0, "images": 1}))
+    study.add_trials(made)
+
+
+def _instant(arch, trial, seed) -> TrainResult:
+    """A proxy that costs nothing: the controller's overhead is all that is left."""
+    return TrainResult(accuracy=random.Random(arch.to_str()).uniform(0.3, 0.9), top5=None, loss=1.0, epochs=1.0,
+                       images=1, seconds=0.0)
+
+
+def _where(profile: cProfile.Profile) -> dict[str, float]:
+    """Seconds of own time by where the code lives: Optuna's samplers, its storages, the rest of Optuna, ours."""
+    parts = {"sampler": 0.0, "storage": 0.0, "optuna (other)": 0.0, "ours (nas/)": 0.0, "python / numpy": 0.0}
+    for (path, _, _), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+        key = ("sampler" if "optuna/samplers" in path else "storage" if "optuna/storages" in path
+               else "optuna (other)" if "/optuna/" in path else "ours (nas/)" if "/nas/" in path
+               else "python / numpy")
+        parts[key] += tottime
+    return parts
+
+
+def curve(sizes: list[int], window: int, profile: bool, seed: int = 0) -> None:
+    space = default_space()
+    print(f"one nas-search trial against the study's size: default storage (journal file, leases, study lock), "
+          f"TPE, instant proxy, {window} trials per point")
+    print(f"{'trials in study':>15} {'ms/trial':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = SearchConfig(trials=window, pruner="none", out=tmp, quiet=True, seed=seed)
+        storage = open_storage(None, Path(tmp))
+        lock = StudyLock(storage, cfg.study_name)
+        study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction="maximize",
+                                    sampler=make_sampler("tpe", seed, 10), pruner=optuna.pruners.NopPruner())
+        objective = Objective(cfg, space, _instant, lock=lock)
+        where = None
+        for size in sizes:
+            _prefill(study, space, size - len(study.trials), seed + size)
+            stop = StopAtTrials(size + window, max_attempts=20 * (size + window) + 100)
+            runner = cProfile.Profile() if profile and size == sizes[-1] else None
+            t0 = time.perf_counter()
+            if runner:
+                runner.enable()
+            workers.optimize(study, objective, stop.done, None, [stop], catch=())
+            if runner:
+                runner.disable()
+                where = _where(runner)
+            ran = len(study.trials) - size
+            print(f"{size:>15} {(time.perf_counter() - t0) / ran * 1e3:9.1f}", flush=True)
+    if where:
+        total = sum(where.values())
+        print(f"\nwhere the time went at {sizes[-1]} trials (own time, profiled run):")
+        for name, seconds in where.items():
+            print(f"  {name:<16} {seconds / ran * 1e3:7.1f} ms/trial  {seconds / total:6.1%}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--sqlite-trials", type=int, default=None, help="[--trials]")
     p.add_argument("--samplers", help="compare samplers (comma-separated) on in-memory storage instead")
+    p.add_argument("--curve", help="study sizes (comma-separated): ms per nas-search trial at each")
+    p.add_argument("--window", type=int, default=100, help="trials timed at each size of --curve [100]")
+    p.add_argument("--profile", action="store_true", help="with --curve: where the last point's time goes")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.curve:
+        curve(sorted(int(n) for n in args.curve.split(",")), args.window, args.profile)
+        return
     if args.samplers:
         names = args.samplers.split(",")
         timed = {n: run(optuna.storages.InMemoryStorage(), args.trials, sampler=n) for n in names}

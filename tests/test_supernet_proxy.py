@@ -25,8 +25,8 @@ from search_spaces.space import default_space
 # digits at 16 px, 256 training images (4 supernet steps per epoch), the default MnasNet space
 TASK = ["--dataset", "digits", "--proxy-resolution", "16", "--train-size", "256", "--batch-size", "64",
         "--threads", "1", "--device", "cpu"]
-SEARCH = [*TASK, "--proxy", "supernet", "--supernet-epochs", "3", "--supernet-bn-batches", "2", "--pruner", "none",
-          "--quiet"]
+SEARCH = [*TASK, "--proxy", "supernet", "--supernet-epochs", "3", "--supernet-random-subnets", "1",
+          "--supernet-bn-batches", "2", "--pruner", "none", "--quiet"]
 
 
 def sha(path: Path) -> str:
@@ -54,6 +54,7 @@ def test_the_search_trains_the_supernet_in_out_on_its_training_split(searched) -
     state = read_checkpoint(searched / "supernet.pt")
     assert state["step"] == 3 * (256 // 64)  # 3 epochs of 4 full batches
     assert state["recipe"]["epochs"] == 3.0 and state["recipe"]["batch_size"] == 64
+    assert state["recipe"]["random_subnets"] == 1  # --supernet-random-subnets (the default is 2)
     data = load_data(DataConfig(name="digits", train_size=256, resolution=16, seed=0))
     assert state["trained_on"]["num_train"] == 256
     assert torch.equal(state["trained_on"]["train_index"], torch.from_numpy(np.sort(data.train.source_index)))
@@ -115,6 +116,8 @@ def test_a_supernet_is_not_scored_on_a_split_holding_its_training_images(searche
     (["--proxy", "train", "--supernet", "x.pt"], "--supernet must be given with --proxy supernet"),
     (["--supernet", "missing.pt"], "does not exist"),
     (["--supernet-epochs", "0"], "--supernet-epochs must be a number of epochs > 0, but got 0.0"),
+    (["--supernet-random-subnets", "-1"],
+     "--supernet-random-subnets must be a whole number of subnets >= 0, but got -1"),
     (["--supernet-bn-batches", "-1"], "--supernet-bn-batches must be a whole number of batches >= 0, but got -1"),
     (["--supernet-finetune", "-0.5"], "--supernet-finetune must be a number of epochs >= 0, but got -0.5"),
 ])

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--supernet", help="with --proxy supernet: a trained supernet file [train one in OUT/supernet.pt "
                                       "first; a rerun resumes it]")
     g.add_argument("--supernet-epochs", type=float, help="epochs of the supernet's training [10]")
+    g.add_argument("--supernet-random-subnets", type=int, help="random members each supernet training step "
+                                                               "trains besides the largest and the smallest [2]")
     g.add_argument("--supernet-bn-batches", type=int, help="training batches each candidate's BN statistics are "
                                                            "recalibrated on [20]")
     g.add_argument("--supernet-finetune", type=float, help="epochs of fine-tuning from the inherited weights "
@@ -199,9 +201,11 @@ def _supernet(cfg: SearchConfig, space: SearchSpace, data: ProxyData, tcfg: Trai
 
     path = Path(cfg.supernet) if cfg.supernet else cfg.out_dir / SUPERNET_FILE
     recipe = None if cfg.supernet else SupernetTrainConfig(
-        epochs=cfg.supernet_epochs, batch_size=cfg.batch_size, device=cfg.device, threads=cfg.threads, seed=cfg.seed)
+        epochs=cfg.supernet_epochs, random_subnets=cfg.supernet_random_subnets, batch_size=cfg.batch_size,
+        device=cfg.device, threads=cfg.threads, seed=cfg.seed)
     if recipe is not None:
-        log.info("training the supernet in %s (%g epochs; a rerun resumes it)", path, cfg.supernet_epochs)
+        log.info("training the supernet in %s (%g epochs, %d random members per step; a rerun resumes it)", path,
+                 cfg.supernet_epochs, cfg.supernet_random_subnets)
     supernet = prepare_supernet(space, data, path, resolve_device(cfg.device), recipe)
 
     def inherited(arch: ArchSpec, seed: int = cfg.seed) -> float:

@@ -48,6 +48,7 @@ class SearchConfig(ProxyTaskConfig):
     proxy: str = "train"  # or "zc:NAME": a zero-cost score at initialization; "supernet": inherited weights
     supernet: str | None = None  # a trained supernet (--proxy supernet); None: train one in --out first
     supernet_epochs: float = 10.0  # its training when nas-search trains it
+    supernet_random_subnets: int = 2  # random members per training step besides the largest and smallest
     supernet_bn_batches: int = 20  # training batches a candidate's BN statistics are recalibrated on
     supernet_finetune: float = 0.0  # epochs of fine-tuning from the inherited weights before scoring
     prescreen: str | None = None  # "K:k": score K sampled architectures, queue the best k to train first
@@ -87,6 +88,8 @@ class SearchConfig(ProxyTaskConfig):
             ("supernet", self.supernet is None or (self.proxy == "supernet" and bool(str(self.supernet).strip())),
              "given with --proxy supernet, as the path of a trained supernet"),
             ("supernet_epochs", _positive(self.supernet_epochs), "a number of epochs > 0"),
+            ("supernet_random_subnets", isinstance(self.supernet_random_subnets, int)
+             and self.supernet_random_subnets >= 0, "a whole number of subnets >= 0"),
             ("supernet_bn_batches", isinstance(self.supernet_bn_batches, int) and self.supernet_bn_batches >= 0,
              "a whole number of batches >= 0"),
             ("supernet_finetune", _positive(self.supernet_finetune) or self.supernet_finetune == 0,
