@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import pstats
 import random
 import tempfile
@@ -104,10 +105,11 @@ def curve(sizes: list[int], window: int, profile: bool, seed: int = 0) -> None:
         lock = StudyLock(storage, cfg.study_name)
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction="maximize",
                                     sampler=make_sampler("tpe", seed, 10), pruner=optuna.pruners.NopPruner())
-        objective = Objective(cfg, space, _instant, lock=lock)
         where = None
         for size in sizes:
-            _prefill(study, space, size - len(study.trials), seed + size)
+            _prefill(study, space, size - len(study.get_trials(deepcopy=False)), seed + size)
+            # the objective prunes untrained once the study holds cfg.trials: its budget is this point's
+            objective = Objective(dataclasses.replace(cfg, trials=size + window), space, _instant, lock=lock)
             stop = StopAtTrials(size + window, max_attempts=20 * (size + window) + 100)
             runner = cProfile.Profile() if profile and size == sizes[-1] else None
             t0 = time.perf_counter()
@@ -117,7 +119,7 @@ def curve(sizes: list[int], window: int, profile: bool, seed: int = 0) -> None:
             if runner:
                 runner.disable()
                 where = _where(runner)
-            ran = len(study.trials) - size
+            ran = len(study.get_trials(deepcopy=False)) - size
             print(f"{size:>15} {(time.perf_counter() - t0) / ran * 1e3:9.1f}", flush=True)
     if where:
         total = sum(where.values())
