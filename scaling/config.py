@@ -1,14 +1,11 @@
 """``nas-grid-scale``'s frozen configuration: one value per CLI flag, optionally read from YAML."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from nas.config import SEED_EXPECTED, ConfigError, is_seed
-from nas.proxy.config import ProxyTaskConfig
-from nas.search.config import PRUNERS  # the pruner registry's names, read at every use
+from nas.config import ConfigError, is_number
+from nas.search.config import StudyConfig
 from scaling.compound import Coefficients, Grid
 from scaling.variants import MODES, PHIS
 
@@ -33,12 +30,8 @@ def parse_phis(value: object) -> tuple[int, ...]:
     return tuple(phis)
 
 
-def _num(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 @dataclass(frozen=True)
-class GridConfig(ProxyTaskConfig):
+class GridConfig(StudyConfig):
     """Everything ``nas-grid-scale`` needs; field names are the CLI flags with ``-`` -> ``_``.
 
     The proxy-task fields and their checks are ``nas.proxy.ProxyTaskConfig``'s (as in nas-search);
@@ -59,34 +52,25 @@ class GridConfig(ProxyTaskConfig):
     # family (step 2)
     phi: tuple[int, ...] = PHIS
     mode: str = "compound"
-    # controller (as nas-search)
-    timeout: float | None = None
+    # controller: StudyConfig's fields (as nas-search), with this command's defaults
     pruner: str = "none"  # a grid trains each candidate once; pruning favours fast starters
-    seed: int = 0
-    storage: str | None = None
     study_name: str = "nas-grid-scale"
     out: str = "runs/nas-grid-scale"
-    quiet: bool = False
-    dry_run: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phi", parse_phis(self.phi))
         given = [self.alpha, self.beta, self.gamma]
         checks = [
-            ("step", _num(self.step) and self.step > 0, "> 0"),
-            ("seed", is_seed(self.seed), SEED_EXPECTED),
-            ("max", _num(self.max) and self.max >= 1, ">= 1"),
-            ("tolerance", _num(self.tolerance) and self.tolerance >= 0, ">= 0"),
+            ("step", is_number(self.step) and self.step > 0, "> 0"),
+            ("max", is_number(self.max) and self.max >= 1, ">= 1"),
+            ("tolerance", is_number(self.tolerance) and self.tolerance >= 0, ">= 0"),
             ("resolution_multiple", isinstance(self.resolution_multiple, int) and self.resolution_multiple >= 1,
              ">= 1"),
             ("resolution", self.resolution is None or self.resolution >= 8, ">= 8 pixels"),
             ("max_candidates", self.max_candidates is None or self.max_candidates >= 1, "an integer >= 1"),
             ("mode", self.mode in MODES, f"one of {MODES}"),
-            ("pruner", self.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}"),
-            ("timeout", self.timeout is None or self.timeout > 0, "> 0 seconds"),
-            ("study_name", bool(self.study_name), "a non-empty name"),
         ]
-        checks += [(n, v is None or (_num(v) and v >= 1), ">= 1 (compound scaling never shrinks)")
+        checks += [(n, v is None or (is_number(v) and v >= 1), ">= 1 (compound scaling never shrinks)")
                    for n, v in zip(("alpha", "beta", "gamma"), given)]
         for name, ok, expected in checks:
             if not ok:
@@ -94,11 +78,7 @@ class GridConfig(ProxyTaskConfig):
         if any(v is None for v in given) and any(v is not None for v in given):
             missing = [f"--{n}" for n, v in zip(("alpha", "beta", "gamma"), given) if v is None]
             raise ConfigError(f"--alpha, --beta and --gamma go together, but {', '.join(missing)} missing")
-        super().__post_init__()  # the proxy task's own checks
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out)
+        super().__post_init__()  # the controller's and the proxy task's own checks
 
     @property
     def given(self) -> Coefficients | None:

@@ -5,6 +5,7 @@ change to its process. It must come before torch loads, so this module imports n
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import Callable
@@ -36,29 +37,11 @@ def _run(command: str) -> int:
     return main()
 
 
-def nas_search() -> int:
-    return _run("nas-search")
-
-
-def nas_grid_scale() -> int:
-    return _run("nas-grid-scale")
-
-
-def nas_cost() -> int:
-    return _run("nas-cost")
-
-
-def nas_export() -> int:
-    return _run("nas-export")
-
-
-def nas_proxy_check() -> int:
-    return _run("nas-proxy-check")
-
-
-def nas_train() -> int:
-    return _run("nas-train")
-
-
-def nas_derive() -> int:
-    return _run("nas-derive")
+# One callable per console script (setup.cfg's [options.entry_points] names them).
+nas_search = functools.partial(_run, "nas-search")
+nas_grid_scale = functools.partial(_run, "nas-grid-scale")
+nas_cost = functools.partial(_run, "nas-cost")
+nas_export = functools.partial(_run, "nas-export")
+nas_proxy_check = functools.partial(_run, "nas-proxy-check")
+nas_train = functools.partial(_run, "nas-train")
+nas_derive = functools.partial(_run, "nas-derive")

@@ -5,7 +5,9 @@ from nas.config.files import (
            SEED_EXPECTED,
            check_types,
            config_fields,
+           is_number,
            is_seed,
+           is_whole,
            make_config,
            parse_count,
            public_dict,
@@ -15,6 +17,7 @@ from nas.config.provenance import git_commit, provenance
 from nas.config.registry import Choices, Registry, choices_help
 from nas.config.secrets import check_url, mask_url
 
-__all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "ConfigError", "config_fields", "make_config", "parse_count",
+__all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "is_number", "is_whole",
+           "ConfigError", "config_fields", "make_config", "parse_count",
            "public_dict", "read_config_file", "mask_url", "check_url", "check_types", "Choices", "Registry",
            "choices_help", "git_commit", "provenance"]

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 from nas.config.errors import ConfigError
 from nas.config.secrets import mask_url
 
-__all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "ConfigError", "parse_count", "read_config_file", "make_config",
+__all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "is_number", "is_whole",
+           "ConfigError", "parse_count", "read_config_file", "make_config",
            "check_types", "config_fields", "public_dict"]
 
 
@@ -35,6 +36,16 @@ SEED_EXPECTED = f"a whole number in 0..{MAX_SEED}"  # what a --seed error says w
 def is_seed(value: object) -> bool:
     """Whether ``value`` is a seed every command accepts: a whole number (not a bool) in 0..MAX_SEED."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool): what a numeric option's check starts from."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole(value: object) -> bool:
+    """Whether ``value`` is an int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 

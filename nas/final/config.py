@@ -10,11 +10,10 @@ depth, BatchNorm momentum 0.99 (TF terms). A run of E epochs follows the same cu
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas.config import SEED_EXPECTED, ConfigError, is_seed
+from nas.config import SEED_EXPECTED, ConfigError, is_number, is_seed, is_whole
 from nas.proxy.data import DATASET_REGISTRY, DATASETS
 from nas.proxy.runtime import DEVICE_FORMS, is_device_name
 from search_spaces import ArchSpec, SpecError, get_preset, load_arch
@@ -35,14 +34,6 @@ MIN_RESOLUTION = 8
 
 class FinalError(ConfigError):
     """Bad input to final training: one line naming the value and what was expected."""
-
-
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _whole(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -74,20 +65,20 @@ class FinalConfig:
         checks = (
             ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
             ("data_dir", self.data_dir is None or (isinstance(self.data_dir, str) and bool(self.data_dir)), "a folder"),
-            ("epochs", _number(self.epochs) and self.epochs > 0, "> 0"),
-            ("batch_size", _whole(self.batch_size) and self.batch_size >= 1, "a whole number >= 1"),
+            ("epochs", is_number(self.epochs) and self.epochs > 0, "> 0"),
+            ("batch_size", is_whole(self.batch_size) and self.batch_size >= 1, "a whole number >= 1"),
             ("recipe", self.recipe in RECIPES, f"one of {', '.join(RECIPES)}"),
-            ("lr", self.lr is None or (_number(self.lr) and self.lr > 0), "> 0"),
-            ("warmup_epochs", self.warmup_epochs is None or (_number(self.warmup_epochs) and self.warmup_epochs >= 0)
+            ("lr", self.lr is None or (is_number(self.lr) and self.lr > 0), "> 0"),
+            ("warmup_epochs", self.warmup_epochs is None or (is_number(self.warmup_epochs) and self.warmup_epochs >= 0)
              and (self.warmup_epochs or 0) < self.epochs, f">= 0 and less than --epochs ({self.epochs!r})"),
-            ("resolution", self.resolution is None or (_whole(self.resolution) and self.resolution >= MIN_RESOLUTION),
+            ("resolution", self.resolution is None or (is_whole(self.resolution) and self.resolution >= MIN_RESOLUTION),
              f"a whole number >= {MIN_RESOLUTION} pixels"),
-            ("val_size", _number(v) and (v == 0 or 0 < v < 1 or (v >= 1 and float(v).is_integer())),
+            ("val_size", is_number(v) and (v == 0 or 0 < v < 1 or (v >= 1 and float(v).is_integer())),
              "0 (none), a fraction in (0, 1) or a whole count >= 1"),
             ("device", is_device_name(self.device), DEVICE_FORMS),
-            ("threads", self.threads is None or (_whole(self.threads) and self.threads >= 1), "a whole number >= 1"),
+            ("threads", self.threads is None or (is_whole(self.threads) and self.threads >= 1), "a whole number >= 1"),
             ("seed", is_seed(self.seed), SEED_EXPECTED),
-            ("train_size", self.train_size is None or (_whole(self.train_size) and self.train_size >= 1),
+            ("train_size", self.train_size is None or (is_whole(self.train_size) and self.train_size >= 1),
              "a whole number >= 1"),
         )
         for name, ok, expected in checks:

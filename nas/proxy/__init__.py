@@ -31,6 +31,7 @@ from nas.proxy.runtime import (
     resolve_device,
     torch_threads,
 )
+from nas.proxy.split import Split
 from nas.proxy.train import (
     AMP_MODES,
     OPTIMIZERS,
@@ -55,6 +56,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "list_image_folder",
     "FolderSplit",
+    "Split",
     "DATASETS",
     "DATASET_REGISTRY",
     "DatasetSpec",

@@ -8,12 +8,11 @@ and flags stay flat); ``nas.fidelity.CheckConfig`` holds one as its ``task``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from nas.config import ConfigError, choices_help
+from nas.config import ConfigError, choices_help, is_number, is_whole
 from nas.proxy.data import DATASETS, DataConfig, ProxyData
 from nas.proxy.runtime import DEVICE_FORMS, default_amp, is_device_name
 from nas.proxy.train import TrainConfig
@@ -36,14 +35,6 @@ def field_help(f: dataclasses.Field[object]) -> str:
 
 def _dataset_help() -> str:
     return choices_help(DATASETS, "digits")
-
-
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _whole(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -73,17 +64,17 @@ class ProxyTaskConfig:
     def __post_init__(self) -> None:
         checks = (
             ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
-            ("proxy_resolution", _whole(self.proxy_resolution) and self.proxy_resolution >= 8, ">= 8 pixels"),
-            ("val_size", _number(self.val_size) and self.val_size > 0, "> 0 (a fraction < 1 or a count)"),
-            ("train_size", self.train_size is None or (_whole(self.train_size) and self.train_size >= 1),
+            ("proxy_resolution", is_whole(self.proxy_resolution) and self.proxy_resolution >= 8, ">= 8 pixels"),
+            ("val_size", is_number(self.val_size) and self.val_size > 0, "> 0 (a fraction < 1 or a count)"),
+            ("train_size", self.train_size is None or (is_whole(self.train_size) and self.train_size >= 1),
              "a whole number >= 1"),
-            ("epochs", _number(self.epochs) and self.epochs > 0, "> 0"),
-            ("batch_size", _whole(self.batch_size) and self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr is None or (_number(self.lr) and self.lr > 0), "> 0"),
-            ("max_seconds", self.max_seconds is None or (_number(self.max_seconds) and self.max_seconds > 0),
+            ("epochs", is_number(self.epochs) and self.epochs > 0, "> 0"),
+            ("batch_size", is_whole(self.batch_size) and self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr is None or (is_number(self.lr) and self.lr > 0), "> 0"),
+            ("max_seconds", self.max_seconds is None or (is_number(self.max_seconds) and self.max_seconds > 0),
              "> 0 seconds"),
             ("device", is_device_name(self.device), DEVICE_FORMS),
-            ("threads", self.threads is None or (_whole(self.threads) and self.threads >= 1), "a whole number >= 1"),
+            ("threads", self.threads is None or (is_whole(self.threads) and self.threads >= 1), "a whole number >= 1"),
             ("train", isinstance(self.train, dict), "a mapping of trainer settings"),
         )
         for name, ok, expected in checks:

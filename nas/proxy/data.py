@@ -29,6 +29,7 @@ from nas.proxy.readers import (
     read_idx_pair,
     read_idx_test,
 )
+from nas.proxy.split import Split
 
 __all__ = ["DATASETS", "DATASET_REGISTRY", "DatasetSpec", "DataError", "DataConfig", "ProxyData", "TensorSplit",
            "load_data", "stratified_split"]
@@ -166,7 +167,7 @@ class DataConfig:
             raise DataError(f"seed and workers must be >= 0, but got ({self.seed=}, {self.workers=})")
 
 
-class TensorSplit:
+class TensorSplit(Split):
     """Images held in memory: uint8 ``(N, C, R, R)`` at the proxy resolution, int64 labels.
 
     ``source_index`` gives each image's position in the dataset's training files.
@@ -177,16 +178,12 @@ class TensorSplit:
         self.source_index = np.arange(len(labels)) if source_index is None else source_index
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def __repr__(self) -> str:
         return f"TensorSplit({len(self)} images of {'x'.join(map(str, self.images.shape[1:]))})"
 
-    def batches(self, order: torch.Tensor, batch_size: int, drop_last: bool, seed: int, epoch: int,
-                pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        count = len(order) // batch_size * batch_size if drop_last else len(order)
-        for start in range(0, count, batch_size):
+    def _batches(self, order: torch.Tensor, batch_size: int, seed: int, epoch: int,
+                 pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             yield self.images[index], self.labels[index]
 
@@ -209,9 +206,9 @@ class ProxyData:
     num_classes: int
     in_chans: int
     resolution: int
-    train: TensorSplit | FolderSplit
-    val: TensorSplit | FolderSplit
-    calib: TensorSplit | FolderSplit = field(repr=False)  # training images, eval transform
+    train: Split
+    val: Split
+    calib: Split = field(repr=False)  # training images, eval transform
     mean: tuple[float, ...] = field(repr=False)
     std: tuple[float, ...] = field(repr=False)
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from nas.proxy.readers import DataError
+from nas.proxy.split import Split
 
 __all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "FolderSplit"]
 
@@ -132,7 +133,7 @@ class _FolderDataset(torch.utils.data.Dataset):
         return torch.from_numpy(array.copy()), int(self.labels[index])
 
 
-class FolderSplit:
+class FolderSplit(Split):
     """A split of an image folder: file paths and labels, decoded on demand."""
 
     def __init__(self, paths: Sequence[str], labels: np.ndarray, resolution: int, in_chans: int,
@@ -141,18 +142,13 @@ class FolderSplit:
         self.paths, self.workers = list(paths), workers
         self._dataset = _FolderDataset(paths, labels, resolution, in_chans, train)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def __repr__(self) -> str:
         return f"FolderSplit({len(self)} images, {'train' if self._dataset.train else 'eval'} transform)"
 
-    def batches(self, order: torch.Tensor, batch_size: int, drop_last: bool, seed: int, epoch: int,
-                pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """uint8 ``(B, C, R, R)`` images and int64 labels, in ``order``."""
-        count = len(order) // batch_size * batch_size if drop_last else len(order)
-        items = [(int(i), seed, epoch) for i in order[:count]]
-        batch_sampler = [items[s:s + batch_size] for s in range(0, count, batch_size)]
+    def _batches(self, order: torch.Tensor, batch_size: int, seed: int, epoch: int,
+                 pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        items = [(int(i), seed, epoch) for i in order]
+        batch_sampler = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
         loader = torch.utils.data.DataLoader(
             self._dataset, batch_sampler=batch_sampler, num_workers=self.workers, pin_memory=pin_memory
         )

@@ -9,13 +9,12 @@ and ``final`` are this package's. Unknown keys are errors everywhere.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, TypeVar, cast
 
-from nas.config import ConfigError, config_fields, make_config, read_config_file
+from nas.config import ConfigError, config_fields, is_number, is_whole, make_config, read_config_file
 from nas.proxy.data import DATASETS
 from nas.search.config import SearchConfig
 from scaling.config import GridConfig
@@ -59,14 +58,6 @@ class Step:
 STEPS = tuple(Step(i, n) for i, n in enumerate(("search", "grid", "families", "final", "report"), start=1))
 
 
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _whole(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _check(section: str, checks: tuple[tuple[str, bool, str], ...], values: object) -> None:
     for name, ok, expected in checks:
         if not ok:
@@ -94,14 +85,14 @@ class RefineConfig:
 
     def __post_init__(self) -> None:
         _check("refine", (
-            ("keep", self.keep is None or (_whole(self.keep) and self.keep >= 2), "a whole number >= 2 or null"),
-            ("seeds", _whole(self.seeds) and self.seeds >= 2, "a whole number >= 2 (a spread needs two seeds)"),
-            ("epochs", _number(self.epochs) and self.epochs > 0, "> 0"),
-            ("warmup_epochs", _number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
+            ("keep", self.keep is None or (is_whole(self.keep) and self.keep >= 2), "a whole number >= 2 or null"),
+            ("seeds", is_whole(self.seeds) and self.seeds >= 2, "a whole number >= 2 (a spread needs two seeds)"),
+            ("epochs", is_number(self.epochs) and self.epochs > 0, "> 0"),
+            ("warmup_epochs", is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
              "in [0, refine.epochs)"),
-            ("train_size", self.train_size is None or (_whole(self.train_size) and self.train_size >= 1),
+            ("train_size", self.train_size is None or (is_whole(self.train_size) and self.train_size >= 1),
              "a whole number >= 1 or null (the grid's)"),
-            ("lr", self.lr is None or (_number(self.lr) and self.lr > 0), "> 0 or null (the grid's)"),
+            ("lr", self.lr is None or (is_number(self.lr) and self.lr > 0), "> 0 or null (the grid's)"),
             ("baselines", isinstance(self.baselines, bool), "true or false"),
             ("train", isinstance(self.train, dict), "a mapping of trainer settings"),
         ), self)
@@ -119,7 +110,7 @@ class FamiliesConfig:
 
     def __post_init__(self) -> None:
         _check("families", (
-            ("k", _whole(self.k) and 1 <= self.k <= 7, "a whole number in 1..7 (the official table's B1..B7)"),
+            ("k", is_whole(self.k) and 1 <= self.k <= 7, "a whole number in 1..7 (the official table's B1..B7)"),
             ("proxy_scores", isinstance(self.proxy_scores, bool), "true or false"),
         ), self)
 
@@ -149,7 +140,7 @@ class FinalConfig:
     def __post_init__(self) -> None:
         def positive(name: str, whole: bool = False) -> tuple[str, bool, str]:
             v = getattr(self, name)
-            return name, v is None or ((_whole(v) if whole else _number(v)) and v > 0), \
+            return name, v is None or ((is_whole(v) if whole else is_number(v)) and v > 0), \
                 "a whole number >= 1" if whole else "> 0"
 
         _check("final", (
@@ -157,11 +148,11 @@ class FinalConfig:
             ("recipe", self.recipe is None or self.recipe in RECIPES, f"one of {', '.join(RECIPES)}"),
             positive("epochs"), positive("batch_size", True), positive("lr"), positive("resolution", True),
             positive("threads", True), positive("train_size", True),
-            ("warmup_epochs", self.warmup_epochs is None or (_number(self.warmup_epochs) and self.warmup_epochs >= 0),
+            ("warmup_epochs", self.warmup_epochs is None or (is_number(self.warmup_epochs) and self.warmup_epochs >= 0),
              ">= 0"),
-            ("val_size", self.val_size is None or (_number(self.val_size) and self.val_size >= 0),
+            ("val_size", self.val_size is None or (is_number(self.val_size) and self.val_size >= 0),
              ">= 0 (a fraction < 1 or a count)"),
-            ("seed", self.seed is None or (_whole(self.seed) and self.seed >= 0), "a whole number >= 0"),
+            ("seed", self.seed is None or (is_whole(self.seed) and self.seed >= 0), "a whole number >= 0"),
             ("device", self.device is None or isinstance(self.device, str), "auto, cpu, cuda or cuda:N"),
             ("data_dir", self.data_dir is None or isinstance(self.data_dir, str), "a folder"),
         ), self)

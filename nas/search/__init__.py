@@ -1,6 +1,6 @@
 """The search: its config, the Optuna study (samplers and pruners by name), the trial objective, the reward,
 the RL controller, reports."""
-from nas.search.config import COSTS, PROXIES, PRUNERS, REWARDS, SAMPLERS, ZC_NAMES, SearchConfig
+from nas.search.config import COSTS, PROXIES, PRUNERS, REWARDS, SAMPLERS, ZC_NAMES, SearchConfig, StudyConfig
 from nas.search.objective import Objective, StopAtTrials, best_trial, eta_seconds, pareto_front, worker_label
 from nas.search.progress import Progress, fmt_seconds
 from nas.search.report import (
@@ -36,6 +36,7 @@ __all__ = [
     "PROXIES",
     "COSTS",
     "SearchConfig",
+    "StudyConfig",
     "reward",
     "SAMPLER_REGISTRY",
     "PRUNER_REGISTRY",

@@ -28,7 +28,41 @@ def _positive(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class SearchConfig(ProxyTaskConfig):
+class StudyConfig(ProxyTaskConfig):
+    """The controller fields ``nas-search`` and ``nas-grid-scale`` share: the same flags, meaning and checks.
+
+    A command whose defaults differ (``nas-grid-scale``'s pruner, study name and output folder)
+    redeclares only those fields.
+    """
+
+    timeout: float | None = None
+    pruner: str = "hyperband"
+    seed: int = 0
+    storage: str | None = None
+    study_name: str = "nas-search"
+    out: str = "runs/nas-search"
+    quiet: bool = False
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("pruner", self.pruner in PRUNERS, f"one of {PRUNERS}"),
+            ("seed", is_seed(self.seed), SEED_EXPECTED),
+            ("timeout", self.timeout is None or self.timeout > 0, "> 0 seconds"),
+            ("study_name", bool(self.study_name), "a non-empty name"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')} must be {expected}, but got {getattr(self, name)!r}")
+        super().__post_init__()  # the proxy task's own checks
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+
+@dataclass(frozen=True)
+class SearchConfig(StudyConfig):
     """Everything ``nas-search`` needs; field names are the CLI flags with ``-`` -> ``_``.
 
     The proxy-task fields (dataset, data split, training budget, device) and their checks are
@@ -53,19 +87,11 @@ class SearchConfig(ProxyTaskConfig):
     supernet_finetune: float = 0.0  # epochs of fine-tuning from the inherited weights before scoring
     prescreen: str | None = None  # "K:k": score K sampled architectures, queue the best k to train first
     prescreen_proxy: str = "synflow"
-    # controller
+    # controller (and StudyConfig's fields)
     trials: int = 20
-    timeout: float | None = None
     sampler: str = "tpe"
-    pruner: str = "hyperband"
-    seed: int = 0
     seed_arch: tuple[str, ...] = ()
     space: str = "mnasnet"
-    storage: str | None = None
-    study_name: str = "nas-search"
-    out: str = "runs/nas-search"
-    quiet: bool = False
-    dry_run: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_flops", parse_count(self.target_flops))
@@ -99,24 +125,16 @@ class SearchConfig(ProxyTaskConfig):
              "K:k with whole numbers K >= k >= 1 (score K architectures, train the best k first), e.g. 200:20"),
             ("reward", self.reward in REWARDS, f"one of {REWARDS}"),
             ("sampler", self.sampler in SAMPLERS, f"one of {SAMPLERS}"),
-            ("pruner", self.pruner in PRUNERS, f"one of {PRUNERS}"),
-            ("seed", is_seed(self.seed), SEED_EXPECTED),
             ("trials", isinstance(self.trials, int) and self.trials >= 1, "an integer >= 1"),
-            ("timeout", self.timeout is None or self.timeout > 0, "> 0 seconds"),
             ("flops_band", self.flops_band >= 1, ">= 1"),
             ("resolution", self.resolution >= 8, ">= 8 pixels"),
-            ("study_name", bool(self.study_name), "a non-empty name"),
             ("latency_table", self.latency_table is None or not Path(str(self.latency_table)).is_dir(),
              "a file path (created when missing), not a folder"),
         )
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')} must be {expected}, but got {getattr(self, name)!r}")
-        super().__post_init__()  # the proxy task's own checks
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out)
+        super().__post_init__()  # the controller's and the proxy task's own checks
 
     @property
     def prescreen_counts(self) -> tuple[int, int] | None:
