@@ -15,8 +15,11 @@ default storage (the journal file with leases and the study lock). The study is 
 size with completed trials of random architectures (``study.add_trials``, the attributes a trial
 leaves), then ``--window`` trials run through the search's own objective and worker loop
 (``nas.search.Objective``, ``nas.cluster.workers.optimize``, the stop callback) with an instant
-proxy; their mean ms/trial is the curve's point, the same TPE as ``nas-search`` (multivariate,
-constant liar). ``--profile`` adds where the last window's time went (sampler, storage, ours).
+proxy, after 5 untimed trials that fill the one-off caches (Optuna's intersection search space,
+ours); their mean ms/trial is the curve's point, with nas-search's TPE (``nas.search.tpe``) and,
+as the reference of the ratio, Optuna's ``TPESampler`` with the same settings (multivariate,
+constant liar) in the same run. ``--profile`` adds where the last window's time went (sampler,
+storage, ours).
 
     python bench/bench_controller.py --curve 0,1000,2000,5000,10000 --window 100 --profile
 """
@@ -94,38 +97,57 @@ def _where(profile: cProfile.Profile) -> dict[str, float]:
     return parts
 
 
-def curve(sizes: list[int], window: int, profile: bool, seed: int = 0) -> None:
-    space = default_space()
-    print(f"one nas-search trial against the study's size: default storage (journal file, leases, study lock), "
-          f"TPE, instant proxy, {window} trials per point")
-    print(f"{'trials in study':>15} {'ms/trial':>9}")
+def _reference_tpe(seed: int) -> optuna.samplers.BaseSampler:
+    """Optuna's own TPE with nas-search's settings: the reference the curve's ratio is taken against."""
+    return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=10)
+
+
+def _curve_points(sampler: optuna.samplers.BaseSampler, sizes: list[int], window: int, warmup: int,
+                  profile: bool, seed: int) -> tuple[list[float], dict[str, float] | None]:
+    """ms per trial at each size (after ``warmup`` untimed trials), and the last point's profile."""
+    space, points, where = default_space(), [], None
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = SearchConfig(trials=window, pruner="none", out=tmp, quiet=True, seed=seed)
+        cfg = SearchConfig(pruner="none", out=tmp, quiet=True, seed=seed)
         storage = open_storage(None, Path(tmp))
         lock = StudyLock(storage, cfg.study_name)
         study = optuna.create_study(storage=storage, study_name=cfg.study_name, direction="maximize",
-                                    sampler=make_sampler("tpe", seed, 10), pruner=optuna.pruners.NopPruner())
-        where = None
+                                    sampler=sampler, pruner=optuna.pruners.NopPruner())
         for size in sizes:
             _prefill(study, space, size - len(study.get_trials(deepcopy=False)), seed + size)
+            start = len(study.get_trials(deepcopy=False))
             # the objective prunes untrained once the study holds cfg.trials: its budget is this point's
-            objective = Objective(dataclasses.replace(cfg, trials=size + window), space, _instant, lock=lock)
-            stop = StopAtTrials(size + window, max_attempts=20 * (size + window) + 100)
-            runner = cProfile.Profile() if profile and size == sizes[-1] else None
+            objective = Objective(dataclasses.replace(cfg, trials=start + warmup + window), space, _instant, lock=lock)
+            warm = StopAtTrials(start + warmup, max_attempts=10**9)  # one-off caches (Optuna's search space, ours)
+            workers.optimize(study, objective, warm.done, None, [warm], catch=())
+            stop = StopAtTrials(start + warmup + window, max_attempts=10**9)
             t0 = time.perf_counter()
-            if runner:
-                runner.enable()
             workers.optimize(study, objective, stop.done, None, [stop], catch=())
-            if runner:
-                runner.disable()
-                where = _where(runner)
-            ran = len(study.get_trials(deepcopy=False)) - size
-            print(f"{size:>15} {(time.perf_counter() - t0) / ran * 1e3:9.1f}", flush=True)
+            points.append((time.perf_counter() - t0) / window * 1e3)
+        if profile:  # another window, profiled: the profiler's overhead stays out of the timed ones
+            end = len(study.get_trials(deepcopy=False)) + window
+            objective = Objective(dataclasses.replace(cfg, trials=end), space, _instant, lock=lock)
+            stop, runner = StopAtTrials(end, max_attempts=10**9), cProfile.Profile()
+            runner.enable()
+            workers.optimize(study, objective, stop.done, None, [stop], catch=())
+            runner.disable()
+            where = _where(runner)
+    return points, where
+
+
+def curve(sizes: list[int], window: int, profile: bool, seed: int = 0, warmup: int = 5) -> None:
+    print(f"one nas-search trial against the study's size: default storage (journal file, leases, study lock), "
+          f"instant proxy, {window} trials timed per point after {warmup} untimed; "
+          f"nas-search's TPE against Optuna's TPESampler (same settings, same run)")
+    ours, where = _curve_points(make_sampler("tpe", seed, 10), sizes, window, warmup, profile, seed)
+    ref, _ = _curve_points(_reference_tpe(seed), sizes, window, warmup, False, seed)
+    print(f"{'trials in study':>15} {'nas-search ms':>14} {'optuna TPE ms':>14} {'ratio':>6}")
+    for size, a, b in zip(sizes, ours, ref):
+        print(f"{size:>15} {a:14.1f} {b:14.1f} {a / b:6.2f}", flush=True)
     if where:
         total = sum(where.values())
-        print(f"\nwhere the time went at {sizes[-1]} trials (own time, profiled run):")
+        print(f"\nwhere nas-search's time went at {sizes[-1]} trials (own time, profiled run):")
         for name, seconds in where.items():
-            print(f"  {name:<16} {seconds / ran * 1e3:7.1f} ms/trial  {seconds / total:6.1%}")
+            print(f"  {name:<16} {seconds / window * 1e3:7.1f} ms/trial  {seconds / total:6.1%}")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ architecture the study already evaluated, and otherwise trains it on the proxy t
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import os
@@ -25,6 +26,41 @@ from search_spaces import ArchSpec, count_cost
 from search_spaces.space import SearchSpace
 
 
+class FinishedTrials:
+    """A study's finished trials, each looked at once: a finished trial never changes.
+
+    ``update(trials)`` takes the study's whole trial list (every state, in number order), indexes
+    the finished trials it has not seen and returns the others. Below the first unfinished trial
+    it has seen, everything is indexed, so a call reads only the list's tail: the stopping rule and
+    the duplicate check no longer read every trial's attributes at every trial (at 10,000 trials
+    that was ~70 ms a trial on 2 CPU cores).
+    """
+
+    def __init__(self) -> None:
+        self.numbers: set[int] = set()
+        self.by_arch: dict[object, list[FrozenTrial]] = {}
+        self.counted = 0  # trials that count towards --trials (``counted``)
+        self.diverged = 0  # FAIL trials whose training diverged
+        self._prefix = 0  # every trial numbered below this is finished and indexed
+
+    def update(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        unfinished = []
+        for t in trials[bisect.bisect_left(trials, self._prefix, key=lambda t: t.number):]:
+            if t.number in self.numbers:
+                continue
+            if not t.state.is_finished():
+                unfinished.append(t)
+                continue
+            self.numbers.add(t.number)
+            self.counted += counted(t)
+            self.diverged += t.state == TrialState.FAIL and t.user_attrs.get("reason", "").startswith(
+                "training diverged")
+            self.by_arch.setdefault(t.user_attrs.get("arch"), []).append(t)
+        if trials:
+            self._prefix = unfinished[0].number if unfinished else trials[-1].number + 1
+        return unfinished
+
+
 class StopAtTrials:
     """Stop every worker once the study holds ``n`` counted trials.
 
@@ -36,15 +72,16 @@ class StopAtTrials:
         self.n = n
         self.max_attempts = max_attempts
         self.max_failures = max_failures or max(5, n)
+        self._finished = FinishedTrials()
 
     def why(self, study: optuna.Study) -> str | None:
         trials = study.get_trials(deepcopy=False)
-        if sum(counted(t) for t in trials) >= self.n:
+        self._finished.update(trials)
+        if self._finished.counted >= self.n:
             return "done"
         if len(trials) >= self.max_attempts:
             return f"stopped: {len(trials)} trials, too few trained (is the MACs band reachable in this space?)"
-        fails = sum(t.state == TrialState.FAIL and t.user_attrs.get("reason", "").startswith("training diverged")
-                    for t in trials)
+        fails = self._finished.diverged
         if fails >= self.max_failures:
             return f"stopped: {fails} trials diverged (lower --lr?)"
         return None
@@ -78,6 +115,7 @@ class Objective:
     multi_objective: bool = False
     lock: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
     worker: str = field(default_factory=worker_label)
+    _finished: FinishedTrials = field(default_factory=FinishedTrials, init=False, repr=False)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         cfg = self.cfg
@@ -136,9 +174,11 @@ class Objective:
         Otherwise records this trial's claim and returns None: train it.
         """
         with self.lock:
-            trials = trial.study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-            for t in trials:
-                if t.number == trial.number or t.user_attrs.get("arch") != key:
+            unfinished = self._finished.update(trial.study.get_trials(deepcopy=False))
+            twins = [t for t in self._finished.by_arch.get(key, []) if t.state in FINISHED] + \
+                [t for t in unfinished if t.state == TrialState.RUNNING and t.user_attrs.get("arch") == key]
+            for t in sorted(twins, key=lambda t: t.number):
+                if t.number == trial.number:
                     continue
                 if t.state == TrialState.COMPLETE:
                     trial.set_user_attr("duplicate_of", t.user_attrs.get("duplicate_of", t.number))
@@ -149,7 +189,7 @@ class Objective:
                     self._prune(trial, f"duplicate of trial {t.number}, pruned while training")
                 if t.state == TrialState.RUNNING and t.system_attrs.get(CLAIM_ATTR) == t.number:
                     self._prune(trial, f"duplicate of trial {t.number}, running on another worker")
-            done = sum(counted(t) for t in trials)
+            done = self._finished.counted
             if done >= self.cfg.trials and "retry_of" not in trial.user_attrs:  # a retry was in flight already
                 self._prune(trial, f"not trained: the study holds its {done} trials")
             set_trial_system_attr(trial, CLAIM_ATTR, trial.number)

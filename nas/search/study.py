@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nas.config import ConfigError, Registry
+from nas.search.tpe import CachedTPESampler
 from search_spaces import ArchSpec
 from search_spaces.space import SearchSpace
 
@@ -21,7 +22,7 @@ SamplerFactory = Callable[[int | None, int], optuna.samplers.BaseSampler]  # (se
 
 
 def _tpe(seed: int | None, n_startup: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=n_startup)
+    return CachedTPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=n_startup)
 
 
 def _rl(seed: int | None, n_startup: int) -> optuna.samplers.BaseSampler:
