@@ -138,19 +138,22 @@ def test_a_file_that_is_not_a_supernet_is_refused(tmp_path, capsys) -> None:
 
 def test_proxy_check_ranks_with_inherited_and_fine_tuned_weights(searched, tmp_path, capsys) -> None:
     out = tmp_path / "check"
-    args = [*TASK, "--archs", "4", "--proxies", "supernet,supernet+ft:0.25", "--reference-epochs", "0.5",
+    args = [*TASK, "--archs", "4", "--proxies", "supernet,supernet-loss,supernet+ft:0.25", "--reference-epochs", "0.5",
             "--reference-seeds", "1", "--supernet", str(searched / "supernet.pt"), "--supernet-bn-batches", "2",
             "--out", str(out)]
     assert proxy_check(args) == 0
     records = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()[1:]]
     digest = hashlib.sha256((searched / "supernet.pt").read_bytes()).hexdigest()[:16]
     methods = {r["method"] for r in records}
-    assert methods == {f"supernet@{digest}/bn2", f"supernet+ft:0.25@{digest}/bn2", "train:0.5"}
-    assert all(0 <= r["score"] <= 1 for r in records)
+    assert methods == {f"supernet@{digest}/bn2", f"supernet-loss@{digest}/bn2", f"supernet+ft:0.25@{digest}/bn2",
+                       "train:0.5"}
+    losses = [r["score"] for r in records if r["method"].startswith("supernet-loss@")]
+    assert len(losses) == 4 and all(-20 < x < 0 for x in losses)  # minus a cross-entropy: higher is better
+    assert all(0 <= r["score"] <= 1 for r in records if not r["method"].startswith("supernet-loss@"))
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 4 and {"supernet", "supernet+ft:0.25"} <= set(rows[0])
+    assert len(rows) == 4 and {"supernet", "supernet-loss", "supernet+ft:0.25"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["proxies"]) == {"supernet", "supernet+ft:0.25"}
+    assert set(summary["proxies"]) == {"supernet", "supernet-loss", "supernet+ft:0.25"}
     capsys.readouterr()
     assert proxy_check(args) == 0  # everything cached: nothing recomputed
     assert len((out / "scores.jsonl").read_text().splitlines()) == 1 + len(records)
@@ -159,9 +162,12 @@ def test_proxy_check_ranks_with_inherited_and_fine_tuned_weights(searched, tmp_p
 @pytest.mark.parametrize(("args", "says"), [
     (["--proxies", "supernet,train:1"], "--proxies supernet needs --supernet, the trained supernet file"),
     (["--proxies", "train:0.5", "--supernet", "x.pt"],
-     "--supernet must be given only with --proxies supernet or supernet+ft:EPOCHS, as a trained supernet file, "
+     "--supernet must be given only with --proxies supernet, supernet-loss or supernet+ft:EPOCHS, as a trained "
+     "supernet file, "
      "but got 'x.pt'"),
     (["--proxies", "supernet+ft:0"], "expected supernet+ft:EPOCHS with EPOCHS > 0"),
+    (["--proxies", "supernet-loss:2"], "expected train:EPOCHS (like train:1), zc:NAME (like zc:synflow), supernet, "
+                                       "supernet-loss or supernet+ft:EPOCHS"),
     (["--proxies", "supernet", "--supernet", "missing.pt"], "does not exist"),
 ])
 def test_proxy_check_refuses_bad_supernet_options(args, says, tmp_path, capsys) -> None:

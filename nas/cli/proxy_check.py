@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flops-band", type=float, help="keep architectures within [T/band, T*band] [4]")
     g.add_argument("--include-b0", action="store_true", default=None, help="rank EfficientNet-B0 too")
     g = p.add_argument_group("proxies and reference")
-    g.add_argument("--proxies", help=f"comma list of train:EPOCHS, zc:NAME, supernet (inherited weights) and "
+    g.add_argument("--proxies", help=f"comma list of train:EPOCHS, zc:NAME, supernet (inherited weights), "
+                                     f"supernet-loss (their held-out cross-entropy, negated) and "
                                      f"supernet+ft:EPOCHS (inherited weights, fine-tuned) [{DEFAULT_PROXIES}]")
     g.add_argument("--supernet", help="the trained supernet of the supernet proxies (nas-search --proxy supernet "
                                       "trains one)")
@@ -134,16 +135,19 @@ def _supernet_scorers(cfg: CheckConfig, data: ProxyData, trainer: TrainConfig,
     supernet = prepare_supernet(default_space(), data, str(cfg.supernet), device)
     tag = f"@{file_digest(str(cfg.supernet))}/bn{cfg.supernet_bn_batches}"
 
-    def scorer(finetune: float) -> Scorer:
+    def scorer(method: str) -> Scorer:
+        finetune = float(method.partition(":")[2] or 0)
+        metric = "loss" if method == "supernet-loss" else "accuracy"
+
         def score_arch(arch: ArchSpec, seed: int) -> float:
             torch.manual_seed(seed)  # the fine-tuning's batches and dropout
             return score(supernet, arch, data, bn_batches=cfg.supernet_bn_batches, finetune_epochs=finetune,
-                         config=score_config(trainer, seed))
+                         config=score_config(trainer, seed), metric=metric)
         return score_arch
 
     methods = [m for m in cfg.proxies if is_supernet_method(m)]
     stored = {m: m + tag for m in methods}
-    return stored, {m + tag: scorer(float(m.partition(":")[2] or 0)) for m in methods}
+    return stored, {m + tag: scorer(m) for m in methods}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

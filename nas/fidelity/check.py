@@ -87,7 +87,9 @@ def plan_items(cfg: CheckConfig, archs: Sequence[ArchSpec], stored: Mapping[str,
     """
     def cost(method: str) -> float:
         kind, _, arg = method.partition("@")[0].partition(":")
-        return float(arg) if kind in ("train", "supernet+ft") else 0.01 if kind == "supernet" else 0.0
+        if kind in ("train", "supernet+ft"):
+            return float(arg)
+        return 0.01 if kind in ("supernet", "supernet-loss") else 0.0
 
     stored = stored or {}
     runs = [(stored.get(m, m), cfg.seed) for m in cfg.proxies]

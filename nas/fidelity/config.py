@@ -68,17 +68,17 @@ def _parse_proxy(item: str) -> str:
             raise ConfigError(f"--proxies item {item!r}: unknown zero-cost proxy {arg!r}, expected one of "
                               f"{', '.join('zc:' + n for n in ZC_PROXIES)}")
         return item
-    if kind == "supernet" and not arg:
-        return "supernet"
+    if kind in ("supernet", "supernet-loss") and not arg:
+        return kind
     if kind == "supernet+ft":
         return f"supernet+ft:{_epochs(item, arg, 'supernet+ft:EPOCHS with EPOCHS > 0, like supernet+ft:0.1')}"
     raise ConfigError(f"--proxies item {item!r}: expected train:EPOCHS (like train:1), zc:NAME (like zc:synflow), "
-                      f"supernet or supernet+ft:EPOCHS")
+                      f"supernet, supernet-loss or supernet+ft:EPOCHS")
 
 
 def is_supernet_method(method: str) -> bool:
-    """``supernet`` and ``supernet+ft:E``: scores with a supernet's inherited weights."""
-    return method == "supernet" or method.startswith("supernet+ft:")
+    """``supernet``, ``supernet-loss`` and ``supernet+ft:E``: scores with a supernet's inherited weights."""
+    return method in ("supernet", "supernet-loss") or method.startswith("supernet+ft:")
 
 
 MAX_ARCHS = 10_000  # every one is trained (or scored) once per proxy: more is days, not a check
@@ -118,7 +118,7 @@ class CheckConfig:
             ("reference_seeds", self.reference_seeds >= 1, "an integer >= 1 (2 or more measure seed-to-seed noise)"),
             ("out", isinstance(self.out, str) and bool(self.out.strip()), "a folder path"),
             ("supernet", self.supernet is None or (bool(str(self.supernet).strip()) and self.uses_supernet),
-             "given only with --proxies supernet or supernet+ft:EPOCHS, as a trained supernet file"),
+             "given only with --proxies supernet, supernet-loss or supernet+ft:EPOCHS, as a trained supernet file"),
             ("supernet_bn_batches", isinstance(self.supernet_bn_batches, int) and self.supernet_bn_batches >= 0,
              "a whole number of batches >= 0"),
         )

@@ -52,8 +52,8 @@ def extract_model(supernet: Supernet, arch: ArchSpec) -> Network:
 
 
 def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: int = 20,
-          finetune_epochs: float = 0.0, config: TrainConfig | None = None) -> float:
-    """Held-out top-1 accuracy of ``arch`` with the supernet's weights.
+          finetune_epochs: float = 0.0, config: TrainConfig | None = None, metric: str = "accuracy") -> float:
+    """Held-out top-1 accuracy of ``arch`` with the supernet's weights (``metric="loss"``: minus its cross-entropy).
 
     Args:
         supernet: a trained supernet.
@@ -65,12 +65,17 @@ def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: in
             (default ``DEFAULT_SCORE_CONFIG`` on the supernet's device); its
             ``bn_recalibrate_batches`` and ``epochs`` are replaced by ``bn_batches`` and
             ``finetune_epochs``.
+        metric: ``accuracy``, or ``loss``: minus the held-out cross-entropy, higher is better (a
+            finer ranking than accuracy on a small held-out split; without fine-tuning only).
 
     Raises:
         SupernetError: ``arch`` does not fit the supernet, the data does not fit it, its held-out
             split shares images with the supernet's training (``check_held_out``), or a
-            negative ``bn_batches`` / ``finetune_epochs``.
+            negative ``bn_batches`` / ``finetune_epochs``, or an unknown ``metric``.
     """
+    if metric not in ("accuracy", "loss") or (metric == "loss" and finetune_epochs > 0):
+        raise SupernetError(f"metric must be 'accuracy', or 'loss' without fine-tuning, but got {metric!r} "
+                            f"with {finetune_epochs=}")
     if bn_batches < 0 or finetune_epochs < 0:
         raise SupernetError(f"bn_batches and finetune_epochs must be >= 0, but got ({bn_batches=}, "
                             f"{finetune_epochs=})")
@@ -87,7 +92,8 @@ def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: in
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     with torch_threads(config.threads):
-        return evaluate(model, data, config, device=device, info=info)[0]
+        top1, _, loss = evaluate(model, data, config, device=device, info=info)
+    return -loss if metric == "loss" else top1
 
 
 def supernet_score_fn(supernet: Supernet, data: ProxyData, *, bn_batches: int = 20, finetune_epochs: float = 0.0,
