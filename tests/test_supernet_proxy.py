@@ -96,6 +96,35 @@ def test_a_study_refuses_another_supernet_and_is_left_as_it_was(searched, tmp_pa
     assert sha(searched / "study.journal") == journal
 
 
+def test_likelihood_scores_are_exp_of_minus_the_held_out_loss_and_a_study_keeps_its_score(searched, tmp_path,
+                                                                                            capsys) -> None:
+    out = tmp_path / "likelihood"
+    given = [*SEARCH, "--supernet", str(searched / "supernet.pt"), "--trials", "2", "--out", str(out)]
+    assert search([*given, "--supernet-score", "likelihood"]) == 0
+    done = [t for t in trials(out) if t.state == TrialState.COMPLETE]
+    space, supernet = default_space(), load_supernet(searched / "supernet.pt")
+    data = load_data(DataConfig(name="digits", train_size=256, resolution=16, seed=0))
+    config = TrainConfig(batch_size=64, device="cpu", threads=1, bn_recalibrate_batches=2)
+    for t in done:
+        model = build_model(space.from_params(t.params), num_classes=10, in_chans=3)
+        model.load_state_dict(supernet.extract(space.from_params(t.params)))
+        loss = evaluate(model, data, config, device=torch.device("cpu"))[2]
+        assert t.user_attrs["accuracy"] == pytest.approx(float(np.exp(-loss)), rel=1e-5), t.number  # float32 sums
+    journal = sha(out / "study.journal")
+    assert search([*given, "--trials", "3"]) == 2  # the default score is accuracy: not mixed into this study
+    assert "supernet_score='likelihood'" in last_line(capsys)
+    assert sha(out / "study.journal") == journal
+
+
+def test_a_trained_proxy_study_refuses_supernet_scores(searched, tmp_path, capsys) -> None:
+    out = tmp_path / "trained"
+    assert search([*TASK, "--epochs", "0.25", "--pruner", "none", "--quiet", "--trials", "1", "--out", str(out)]) == 0
+    journal = sha(out / "study.journal")
+    code = search([*SEARCH, "--supernet", str(searched / "supernet.pt"), "--trials", "2", "--out", str(out)])
+    assert code == 2 and "was made with proxy='train', but this run has proxy='supernet'" in last_line(capsys)
+    assert sha(out / "study.journal") == journal
+
+
 def test_a_supernet_is_not_scored_on_a_split_holding_its_training_images(searched, tmp_path, capsys) -> None:
     """--seed 1 draws another held-out split; it overlaps the training images of the seed-0 supernet."""
     moved = load_data(DataConfig(name="digits", train_size=256, resolution=16, seed=1))
@@ -120,6 +149,9 @@ def test_a_supernet_is_not_scored_on_a_split_holding_its_training_images(searche
      "--supernet-random-subnets must be a whole number of subnets >= 0, but got -1"),
     (["--supernet-bn-batches", "-1"], "--supernet-bn-batches must be a whole number of batches >= 0, but got -1"),
     (["--supernet-finetune", "-0.5"], "--supernet-finetune must be a number of epochs >= 0, but got -0.5"),
+    (["--supernet-score", "top5"], "--supernet-score must be one of accuracy, likelihood, but got 'top5'"),
+    (["--supernet-score", "likelihood", "--supernet-finetune", "0.1"],
+     "--supernet-score must be accuracy with --supernet-finetune"),
 ])
 def test_bad_supernet_options_are_refused_in_one_line(args, says, tmp_path, capsys) -> None:
     out = tmp_path / "run"

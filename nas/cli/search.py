@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "recalibrated on [20]")
     g.add_argument("--supernet-finetune", type=float, help="epochs of fine-tuning from the inherited weights "
                                                            "before scoring (0.1: a tenth) [0]")
+    g.add_argument("--supernet-score", help="accuracy (held-out top-1 with inherited weights) or likelihood "
+                                            "(exp of minus their held-out cross-entropy: a finer ranking, "
+                                            "docs/supernet.md) [accuracy]")
     g.add_argument("--prescreen", help="K:k: score K random architectures in the cost band with "
                                        "--prescreen-proxy, queue the best k to train first")
     g.add_argument("--prescreen-proxy", help=choices_help(ZC_NAMES, "synflow"))
@@ -213,7 +216,8 @@ def _supernet(cfg: SearchConfig, space: SearchSpace, data: ProxyData, tcfg: Trai
 
         torch.manual_seed(seed)  # the fine-tuning's dropout, when there is one
         return score(supernet, arch, data, bn_batches=cfg.supernet_bn_batches,  # the same BN batches for every arch
-                     finetune_epochs=cfg.supernet_finetune, config=score_config(tcfg, cfg.seed))
+                     finetune_epochs=cfg.supernet_finetune, config=score_config(tcfg, cfg.seed),
+                     metric=cfg.supernet_score)
     return _scored(inherited), file_digest(path)
 
 

@@ -21,6 +21,7 @@ REWARDS = ("soft", "hard")
 ZC_NAMES = Choices(ZC_PROXIES)
 PROXIES = Choices(lambda: ("train", "supernet", *(f"zc:{n}" for n in ZC_PROXIES)))
 COSTS = ("macs", "latency")
+SUPERNET_SCORES = ("accuracy", "likelihood")  # what --proxy supernet scores a candidate by
 
 
 def _positive(value: object) -> bool:
@@ -85,6 +86,7 @@ class SearchConfig(StudyConfig):
     supernet_random_subnets: int = 2  # random members per training step besides the largest and smallest
     supernet_bn_batches: int = 20  # training batches a candidate's BN statistics are recalibrated on
     supernet_finetune: float = 0.0  # epochs of fine-tuning from the inherited weights before scoring
+    supernet_score: str = "accuracy"  # or "likelihood": exp(-held-out cross-entropy), the finer ranking
     prescreen: str | None = None  # "K:k": score K sampled architectures, queue the best k to train first
     prescreen_proxy: str = "synflow"
     # controller (and StudyConfig's fields)
@@ -120,6 +122,11 @@ class SearchConfig(StudyConfig):
              "a whole number of batches >= 0"),
             ("supernet_finetune", _positive(self.supernet_finetune) or self.supernet_finetune == 0,
              "a number of epochs >= 0"),
+            ("supernet_score", self.supernet_score in SUPERNET_SCORES, f"one of {', '.join(SUPERNET_SCORES)}"),
+            ("supernet_score", self.supernet_score == "accuracy" or self.proxy == "supernet",
+             "accuracy unless --proxy supernet"),
+            ("supernet_score", self.supernet_score == "accuracy" or self.supernet_finetune == 0,
+             "accuracy with --supernet-finetune (likelihood scores the inherited weights as they are)"),
             ("prescreen_proxy", self.prescreen_proxy in ZC_NAMES, f"one of {', '.join(ZC_NAMES)}"),
             ("prescreen", self.prescreen is None or self.prescreen_counts is not None,
              "K:k with whole numbers K >= k >= 1 (score K architectures, train the best k first), e.g. 200:20"),

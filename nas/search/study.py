@@ -95,6 +95,10 @@ def study_directions(cfg: SearchConfig) -> list[str]:
     return ["maximize", "minimize"] if cfg.sampler == "nsga2" else ["maximize"]
 
 
+# Settings stored only when they differ from these values: absent, on either side, means the value.
+ABSENT_MEANS: dict[str, object] = {"proxy": "train", "cost": "macs", "supernet_score": "accuracy"}
+
+
 def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, object]:
     """What a resumed ``nas-search`` study must agree on."""
     settings = {"space_digest": space.digest(), "target_flops": cfg.target_flops, "resolution": cfg.resolution,
@@ -103,6 +107,8 @@ def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, object]:
         settings["proxy"] = cfg.proxy
     if cfg.proxy == "supernet":
         settings.update(supernet_bn_batches=cfg.supernet_bn_batches, supernet_finetune=cfg.supernet_finetune)
+        if cfg.supernet_score != "accuracy":  # absent from studies made before the option: such a study resumes
+            settings["supernet_score"] = cfg.supernet_score
     if cfg.cost != "macs":
         settings.update(cost=cfg.cost, target_latency=cfg.target_latency)
     return settings
@@ -132,9 +138,11 @@ def open_study(name: str, storage: str | optuna.storages.BaseStorage, directions
         raise ConfigError(f"study {name!r} exists with directions {existing}, but this run needs "
                           f"{directions}; use another --study-name")
     attrs = probe.user_attrs
-    for key, value in settings.items():
-        if key in attrs and attrs[key] != value:
-            raise ConfigError(f"study {name!r} was made with {key}={attrs[key]!r}, but this run has "
+    for key in {**settings, **ABSENT_MEANS}:
+        value = settings.get(key, ABSENT_MEANS.get(key))
+        made = attrs.get(key, ABSENT_MEANS.get(key, value))  # another absent setting: a study made before it
+        if made != value:
+            raise ConfigError(f"study {name!r} was made with {key}={made!r}, but this run has "
                               f"{key}={value!r}; use another --study-name or --out")
     if callable(sampler) and not isinstance(sampler, optuna.samplers.BaseSampler):
         sampler = sampler(probe)

@@ -11,6 +11,7 @@ trained and fit none of them, so recalibration is what makes inherited weights u
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -53,7 +54,7 @@ def extract_model(supernet: Supernet, arch: ArchSpec) -> Network:
 
 def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: int = 20,
           finetune_epochs: float = 0.0, config: TrainConfig | None = None, metric: str = "accuracy") -> float:
-    """Held-out top-1 accuracy of ``arch`` with the supernet's weights (``metric="loss"``: minus its cross-entropy).
+    """Held-out top-1 accuracy of ``arch`` with the supernet's weights, or another ``metric`` of them.
 
     Args:
         supernet: a trained supernet.
@@ -65,17 +66,19 @@ def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: in
             (default ``DEFAULT_SCORE_CONFIG`` on the supernet's device); its
             ``bn_recalibrate_batches`` and ``epochs`` are replaced by ``bn_batches`` and
             ``finetune_epochs``.
-        metric: ``accuracy``, or ``loss``: minus the held-out cross-entropy, higher is better (a
-            finer ranking than accuracy on a small held-out split; without fine-tuning only).
+        metric: ``accuracy``; ``loss``: minus the held-out cross-entropy, higher is better (a finer
+            ranking than accuracy on a small held-out split); ``likelihood``: exp of that, the
+            geometric mean of the true class's probability, in (0, 1] like an accuracy (the same
+            ranking as ``loss``). ``loss`` and ``likelihood`` without fine-tuning only.
 
     Raises:
         SupernetError: ``arch`` does not fit the supernet, the data does not fit it, its held-out
             split shares images with the supernet's training (``check_held_out``), or a
             negative ``bn_batches`` / ``finetune_epochs``, or an unknown ``metric``.
     """
-    if metric not in ("accuracy", "loss") or (metric == "loss" and finetune_epochs > 0):
-        raise SupernetError(f"metric must be 'accuracy', or 'loss' without fine-tuning, but got {metric!r} "
-                            f"with {finetune_epochs=}")
+    if metric not in ("accuracy", "loss", "likelihood") or (metric != "accuracy" and finetune_epochs > 0):
+        raise SupernetError(f"metric must be 'accuracy', or 'loss' or 'likelihood' without fine-tuning, but got "
+                            f"{metric!r} with {finetune_epochs=}")
     if bn_batches < 0 or finetune_epochs < 0:
         raise SupernetError(f"bn_batches and finetune_epochs must be >= 0, but got ({bn_batches=}, "
                             f"{finetune_epochs=})")
@@ -93,7 +96,7 @@ def score(supernet: Supernet, arch: ArchSpec, data: ProxyData, *, bn_batches: in
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     with torch_threads(config.threads):
         top1, _, loss = evaluate(model, data, config, device=device, info=info)
-    return -loss if metric == "loss" else top1
+    return -loss if metric == "loss" else math.exp(-loss) if metric == "likelihood" else top1
 
 
 def supernet_score_fn(supernet: Supernet, data: ProxyData, *, bn_batches: int = 20, finetune_epochs: float = 0.0,
