@@ -13,16 +13,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Sequence
 
-from nas.cli.common import (
-    EXIT_INTERRUPTED,
-    Parser,
-    add_proxy_arguments,
-    add_study_arguments,
-    command_parser,
-    glue_negative_values,
-    interrupted_exit,
-    study_main,
-)
+from nas.cli import common  # the parts every study command shares
 from nas.cluster.storage import dashboard_line
 from nas.config import ConfigError, choices_help, config_fields, make_config, read_config_file
 from nas.search.config import PRUNERS
@@ -39,8 +30,8 @@ PROG = "nas-grid-scale"
 Results = dict[int, dict]
 
 
-def build_parser() -> Parser:
-    p = command_parser(PROG, __doc__)
+def build_parser() -> common.Parser:
+    p = common.command_parser(PROG, __doc__)
     p.add_argument("--config", help="YAML file of options (keys = flag names); flags override it")
     p.add_argument("--base", help="architecture file (e.g. nas-search's best.yaml) or preset [efficientnet-b0]")
     p.add_argument("--resolution", type=int, help="deployment resolution of the base [the base's own]")
@@ -59,14 +50,14 @@ def build_parser() -> Parser:
                                   "[compound]")
     g = p.add_argument_group("proxy task (as nas-search)", "--proxy-resolution is the base's; a candidate trains at "
                                                            "round(proxy resolution * gamma)")
-    add_proxy_arguments(g)
+    common.add_proxy_arguments(g)
     g.add_argument("--nproc-per-node", help="processes per candidate, each on its own GPU, trained with DDP "
                                             "(relaunches under torchrun; rank 0 talks to the study) [1]")
     g = p.add_argument_group("controller (as nas-search)")
     g.add_argument("--timeout", type=float, help="wall-clock limit of this worker, seconds")
     g.add_argument("--pruner", help=choices_help(PRUNERS, "none"))
     g.add_argument("--seed", type=int, help="[0]")
-    add_study_arguments(g, PROG)
+    common.add_study_arguments(g, PROG)
     g.add_argument("--dry-run", action="store_true", default=None, help="write candidates.csv and exit")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress lines or tables")
     return p
@@ -79,7 +70,7 @@ def parse_config(argv: Sequence[str]) -> GridConfig:
         ConfigError: a bad value, named with what was expected.
     """
     parser = build_parser()
-    args = vars(parser.parse_args(glue_negative_values(parser, argv)))
+    args = vars(parser.parse_args(common.glue_negative_values(parser, argv)))
     path = args.pop("config", None)
     file_values = read_config_file(path, config_fields(GridConfig)) if path else {}
     config: GridConfig = make_config(GridConfig, file_values, args)
@@ -152,7 +143,7 @@ def run(cfg: GridConfig) -> int:
         coefficients, chosen, variants = write_outputs(cfg, base, candidates, results, seconds)
     if coefficients is None:
         print(f"{PROG}: no candidate finished training; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED if interrupted else 1
+        return common.EXIT_INTERRUPTED if interrupted else 1
     if not cfg.quiet:
         if chosen is not None:
             print(f"\nchosen     alpha={coefficients.alpha:g} beta={coefficients.beta:g} gamma={coefficients.gamma:g} "
@@ -163,14 +154,14 @@ def run(cfg: GridConfig) -> int:
         print(f"\noutputs in {cfg.out_dir}/: {', '.join(written)}")
         if not cfg.given:  # a study was searched: where to watch it
             print(dashboard_line(cfg.storage, cfg.out_dir))
-    return interrupted_exit(PROG) if interrupted else 0
+    return common.interrupted_exit(PROG) if interrupted else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command: 0 done, 1 nothing trained, 2 bad input (one line), 3 storage unreachable, 130 interrupted."""
     from scaling.compound import ScalingError
 
-    return study_main(PROG, "scaling.cli", argv, parse=parse_config, run=run, errors=(ScalingError,),
+    return common.study_main(PROG, "scaling.cli", argv, parse=parse_config, run=run, errors=(ScalingError,),
                       optuna_level=logging.WARNING, relaunch=lambda cfg: not cfg.dry_run and not cfg.given)
 
 
