@@ -14,7 +14,7 @@ With ``--curve 0,1000,5000,10000``: the cost of one ``nas-search`` trial as the 
 default storage (the journal file with leases and the study lock). The study is filled to each
 size with completed trials of random architectures (``study.add_trials``, the attributes a trial
 leaves), then ``--window`` trials run through the search's own objective and worker loop
-(``nas.search.Objective``, ``nas.cluster.workers.optimize``, the stop callback) with an instant
+(``nas.search.Objective``, ``nas.cluster.workers.optimize``, the stop and progress callbacks) with an instant
 proxy, after 5 untimed trials that fill the one-off caches (Optuna's intersection search space,
 ours); their mean ms/trial is the curve's point, with nas-search's TPE (``nas.search.tpe``) and,
 as the reference of the ratio, Optuna's ``TPESampler`` with the same settings (multivariate,
@@ -26,8 +26,10 @@ storage, ours).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import dataclasses
+import io
 import pstats
 import random
 import tempfile
@@ -41,6 +43,7 @@ from nas.cluster.locks import StudyLock
 from nas.cluster.storage import open_storage
 from nas.proxy.train import TrainResult
 from nas.search import Objective, SearchConfig, StopAtTrials
+from nas.search.progress import Progress
 from nas.search.study import make_sampler
 from search_spaces import count_cost, default_space
 
@@ -120,8 +123,10 @@ def _curve_points(sampler: optuna.samplers.BaseSampler, sizes: list[int], window
             warm = StopAtTrials(start + warmup, max_attempts=10**9)  # one-off caches (Optuna's search space, ours)
             workers.optimize(study, objective, warm.done, None, [warm], catch=())
             stop = StopAtTrials(start + warmup + window, max_attempts=10**9)
+            progress = Progress(start + warmup + window, start + warmup)  # nas-search's progress line, not shown
             t0 = time.perf_counter()
-            workers.optimize(study, objective, stop.done, None, [stop], catch=())
+            with contextlib.redirect_stderr(io.StringIO()):
+                workers.optimize(study, objective, stop.done, None, [stop, progress], catch=())
             points.append((time.perf_counter() - t0) / window * 1e3)
         if profile:  # another window, profiled: the profiler's overhead stays out of the timed ones
             end = len(study.get_trials(deepcopy=False)) + window

@@ -92,3 +92,24 @@ def test_finished_trials_counts_what_a_full_scan_counts(tmp_path):
     assert index.counted == sum(counted(t) for t in trials) == 7
     assert index.diverged == 2
     assert sorted(t.number for t in index.by_arch["a0"]) == [0, 4, 8]
+
+
+def test_the_progress_line_counts_and_ranks_as_a_full_scan_does(tmp_path, capsys):
+    from nas.search.progress import Progress
+
+    study = optuna.create_study(storage=open_storage(None, tmp_path), direction="maximize")
+    progress = Progress(total=10, start_count=0)
+    rewards = [0.3, 0.7, None, 0.5, 0.9, 0.2]  # None: rejected untrained (pruned, not counted)
+    for i, reward in enumerate(rewards):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        if reward is None:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr("trained", True)
+            trial.set_user_attr("reward", reward)
+            study.tell(trial, reward)
+        progress(study, study.trials[-1])
+        line = capsys.readouterr().err.strip()
+        done = [r for r in rewards[:i + 1] if r is not None]
+        assert f"] {len(done)}/10 | trial {i} " in line and f"| best {max(done):.4f} |" in line, line

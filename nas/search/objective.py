@@ -42,15 +42,18 @@ class FinishedTrials:
         self.counted = 0  # trials that count towards --trials (``counted``)
         self.diverged = 0  # FAIL trials whose training diverged
         self._prefix = 0  # every trial numbered below this is finished and indexed
+        self.new: list[FrozenTrial] = []  # the trials the last update indexed
 
     def update(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
-        unfinished = []
+        """Index the finished trials not seen yet (``new`` lists them); returns the unfinished ones."""
+        unfinished, self.new = [], []
         for t in trials[bisect.bisect_left(trials, self._prefix, key=lambda t: t.number):]:
             if t.number in self.numbers:
                 continue
             if not t.state.is_finished():
                 unfinished.append(t)
                 continue
+            self.new.append(t)
             self.numbers.add(t.number)
             self.counted += counted(t)
             self.diverged += t.state == TrialState.FAIL and t.user_attrs.get("reason", "").startswith(

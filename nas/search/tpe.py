@@ -15,7 +15,7 @@ above fails loudly if an Optuna release renames or changes it.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ class _Rows:
         self.integer = [isinstance(d, CategoricalDistribution) for d in search_space.values()]
         self.size = 0
 
-    def add(self, key: int, row: list[Any] | None) -> None:
+    def add(self, key: int, row: list[float] | None) -> None:
         if row is None:
             self.index[key] = None
             return
@@ -64,7 +64,7 @@ class CachedTPESampler(optuna.samplers.TPESampler):
             return super()._get_internal_repr(trials, search_space, study)
         rows = self._rows.setdefault(tuple(search_space.items()), _Rows(search_space))
         cached = [rows.index.get(trial_id(t), _NEW) for t in trials]  # row numbers, in the trials' order
-        fresh: list[list[Any]] = []  # rows of running trials, numbered ~k in ``cached``
+        fresh: list[list[float]] = []  # rows of running trials, numbered ~k in ``cached``
         for position in [p for p, i in enumerate(cached) if i == _NEW]:
             trial = trials[position]
             if trial.state.is_finished():
@@ -84,7 +84,7 @@ class CachedTPESampler(optuna.samplers.TPESampler):
                 for j, name in enumerate(search_space)}
 
 
-def _row(params: dict[str, Any], search_space: dict[str, BaseDistribution]) -> list[Any] | None:
+def _row(params: Mapping[str, object], search_space: dict[str, BaseDistribution]) -> list[float] | None:
     """A trial's internal values in the search space's order; None when it lacks one of its parameters."""
     if not search_space.keys() <= params.keys():
         return None
