@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas.config import SEED_EXPECTED, Choices, ConfigError, is_seed, parse_count
+from nas.config import SEED_EXPECTED, Choices, ConfigError, is_number, is_seed, parse_count
 from nas.proxy.config import ProxyTaskConfig
 from nas.proxy.zero_cost import ZC_PROXIES
 from nas.search.study import PRUNER_REGISTRY, SAMPLER_REGISTRY
@@ -22,10 +22,6 @@ ZC_NAMES = Choices(ZC_PROXIES)
 PROXIES = Choices(lambda: ("train", "supernet", *(f"zc:{n}" for n in ZC_PROXIES)))
 COSTS = ("macs", "latency")
 SUPERNET_SCORES = ("accuracy", "likelihood")  # what --proxy supernet scores a candidate by
-
-
-def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
 @dataclass(frozen=True)
@@ -115,12 +111,12 @@ class SearchConfig(StudyConfig):
             ("proxy", self.proxy in PROXIES, f"one of {', '.join(PROXIES)}"),
             ("supernet", self.supernet is None or (self.proxy == "supernet" and bool(str(self.supernet).strip())),
              "given with --proxy supernet, as the path of a trained supernet"),
-            ("supernet_epochs", _positive(self.supernet_epochs), "a number of epochs > 0"),
+            ("supernet_epochs", is_number(self.supernet_epochs) and self.supernet_epochs > 0, "a number of epochs > 0"),
             ("supernet_random_subnets", isinstance(self.supernet_random_subnets, int)
              and self.supernet_random_subnets >= 0, "a whole number of subnets >= 0"),
             ("supernet_bn_batches", isinstance(self.supernet_bn_batches, int) and self.supernet_bn_batches >= 0,
              "a whole number of batches >= 0"),
-            ("supernet_finetune", _positive(self.supernet_finetune) or self.supernet_finetune == 0,
+            ("supernet_finetune", is_number(self.supernet_finetune) and self.supernet_finetune >= 0,
              "a number of epochs >= 0"),
             ("supernet_score", self.supernet_score in SUPERNET_SCORES, f"one of {', '.join(SUPERNET_SCORES)}"),
             ("supernet_score", self.supernet_score == "accuracy" or self.proxy == "supernet",

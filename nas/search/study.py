@@ -103,15 +103,13 @@ def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, object]:
     """What a resumed ``nas-search`` study must agree on."""
     settings = {"space_digest": space.digest(), "target_flops": cfg.target_flops, "resolution": cfg.resolution,
                 "reward": cfg.reward, "reward_exponent": cfg.reward_exponent, "dataset": cfg.dataset}
-    if cfg.proxy != "train":  # absent from studies made before these options: such a study resumes
-        settings["proxy"] = cfg.proxy
+    settings.update(proxy=cfg.proxy, cost=cfg.cost, supernet_score=cfg.supernet_score)
     if cfg.proxy == "supernet":
         settings.update(supernet_bn_batches=cfg.supernet_bn_batches, supernet_finetune=cfg.supernet_finetune)
-        if cfg.supernet_score != "accuracy":  # absent from studies made before the option: such a study resumes
-            settings["supernet_score"] = cfg.supernet_score
-    if cfg.cost != "macs":
-        settings.update(cost=cfg.cost, target_latency=cfg.target_latency)
-    return settings
+    if cfg.cost == "latency":
+        settings["target_latency"] = cfg.target_latency
+    # a value ABSENT_MEANS gives is left out: studies made before its option hold no such key
+    return {k: v for k, v in settings.items() if k not in ABSENT_MEANS or v != ABSENT_MEANS[k]}
 
 
 def open_study(name: str, storage: str | optuna.storages.BaseStorage, directions: list[str],
