@@ -27,14 +27,14 @@ from nas.cluster.optuna_private import trial_id
 
 __all__ = ["CachedTPESampler"]
 
-_NEW = -1  # not in the cache yet (row numbers are >= 0, fresh rows ~k <= -1 are set after the lookup)
+_LACKS, _NEW, _FRESH = -1, -2, -3  # row markers below the row numbers (>= 0); _FRESH - k: the k-th fresh row
 
 
 class _Rows:
     """Finished trials' internal values for one search space: a growing ``(rows, params)`` array."""
 
     def __init__(self, search_space: dict[str, BaseDistribution]) -> None:
-        self.index: dict[int, int | None] = {}  # trial id -> row; None: the trial lacks a parameter of the space
+        self.index: dict[int, int] = {}  # trial id -> row; _LACKS: the trial lacks a parameter of the space
         self.values = np.empty((64, len(search_space)))
         # the columns whose internal values are ints (a categorical's index), as np.asarray would keep them
         self.integer = [isinstance(d, CategoricalDistribution) for d in search_space.values()]
@@ -42,7 +42,7 @@ class _Rows:
 
     def add(self, key: int, row: list[float] | None) -> None:
         if row is None:
-            self.index[key] = None
+            self.index[key] = _LACKS
             return
         if self.size == len(self.values):
             self.values = np.concatenate([self.values, np.empty_like(self.values)])
@@ -63,23 +63,24 @@ class CachedTPESampler(optuna.samplers.TPESampler):
         if not search_space:
             return super()._get_internal_repr(trials, search_space, study)
         rows = self._rows.setdefault(tuple(search_space.items()), _Rows(search_space))
-        cached = [rows.index.get(trial_id(t), _NEW) for t in trials]  # row numbers, in the trials' order
-        fresh: list[list[float]] = []  # rows of running trials, numbered ~k in ``cached``
+        # per trial, in order: a row number; _LACKS; _NEW (not converted yet); or _FRESH - k, running trial k's row
+        cached = [rows.index.get(trial_id(t), _NEW) for t in trials]
+        fresh: list[list[float]] = []  # rows of running trials, converted afresh at every call
         for position in [p for p, i in enumerate(cached) if i == _NEW]:
             trial = trials[position]
             if trial.state.is_finished():
                 rows.add(trial_id(trial), _row(trial.params, search_space))
                 cached[position] = rows.index[trial_id(trial)]
-            else:  # constant liar: a running trial's parameters may still change; convert them afresh
+            else:  # constant liar: a running trial's parameters may still change
                 row = _row(self._get_params(trial, study), search_space)
-                cached[position] = None if row is None else ~len(fresh)
+                cached[position] = _LACKS if row is None else _FRESH - len(fresh)
                 if row is not None:
                     fresh.append(row)
-        picked = [i for i in cached if i is not None]
         values = rows.values[:rows.size]
         if fresh:
             values = np.vstack([values, np.array(fresh, dtype=float)])
-        matrix = values[[i if i >= 0 else rows.size + ~i for i in picked]]
+        picked = [i if i >= 0 else rows.size + _FRESH - i for i in cached if i != _LACKS]
+        matrix = values[picked]
         return {name: matrix[:, j].astype(np.int64) if rows.integer[j] and picked else matrix[:, j]
                 for j, name in enumerate(search_space)}
 
