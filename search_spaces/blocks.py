@@ -155,35 +155,36 @@ class Block(nn.Module):
         return cast(nn.Module, self.shortcut)(x) + self.drop_path(out)  # has_skip: not None
 
 
+def _se(channels: int, se_reduced: int, act: str) -> nn.Module:
+    """Squeeze-excite to ``se_reduced`` channels, or nothing where that is 0."""
+    return SqueezeExcite(channels, se_reduced, act) if se_reduced else nn.Identity()
+
+
+def _depthwise_se_project(ch: int, out_ch: int, kernel: int, stride: int, se_reduced: int, act: str,
+                          bn: Norm) -> list[nn.Module]:
+    """kxk depthwise -> SE -> 1x1 linear project: the layers MBConv and the depthwise-separable conv share."""
+    return [ConvBNAct(ch, ch, kernel, stride, groups=ch, act=act, bn=bn), _se(ch, se_reduced, act),
+            ConvBNAct(ch, out_ch, 1, act=None, bn=bn)]
+
+
 def mbconv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
            act: str, bn: Norm) -> nn.Sequential:
     """MBConv: 1x1 expand -> kxk depthwise -> SE -> 1x1 linear project (timm's InvertedResidual)."""
     mid = in_ch * expansion
-    return nn.Sequential(
-        ConvBNAct(in_ch, mid, 1, act=act, bn=bn),
-        ConvBNAct(mid, mid, kernel, stride, groups=mid, act=act, bn=bn),
-        SqueezeExcite(mid, se_reduced, act) if se_reduced else nn.Identity(),
-        ConvBNAct(mid, out_ch, 1, act=None, bn=bn),
-    )
+    return nn.Sequential(ConvBNAct(in_ch, mid, 1, act=act, bn=bn),
+                         *_depthwise_se_project(mid, out_ch, kernel, stride, se_reduced, act, bn))
 
 
 def dsconv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
            act: str, bn: Norm) -> nn.Sequential:
     """Depthwise-separable: kxk depthwise -> SE -> 1x1 linear project (EfficientNet's MBConv1)."""
-    return nn.Sequential(
-        ConvBNAct(in_ch, in_ch, kernel, stride, groups=in_ch, act=act, bn=bn),
-        SqueezeExcite(in_ch, se_reduced, act) if se_reduced else nn.Identity(),
-        ConvBNAct(in_ch, out_ch, 1, act=None, bn=bn),
-    )
+    return nn.Sequential(*_depthwise_se_project(in_ch, out_ch, kernel, stride, se_reduced, act, bn))
 
 
 def conv(in_ch: int, out_ch: int, kernel: int, stride: int, expansion: int, se_reduced: int,
          act: str, bn: Norm) -> nn.Sequential:
     """Regular conv: kxk conv -> BN -> act -> SE."""
-    return nn.Sequential(
-        ConvBNAct(in_ch, out_ch, kernel, stride, act=act, bn=bn),
-        SqueezeExcite(out_ch, se_reduced, act) if se_reduced else nn.Identity(),
-    )
+    return nn.Sequential(ConvBNAct(in_ch, out_ch, kernel, stride, act=act, bn=bn), _se(out_ch, se_reduced, act))
 
 
 OP_BUILDERS = {"mbconv": mbconv, "dsconv": dsconv, "conv": conv}

@@ -26,7 +26,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from search_spaces import yaml_safe
 
@@ -63,40 +63,38 @@ def _fmt_num(x: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def _checked(default: Any, ok: Callable[[Any], bool], expected: str) -> Any:
+    """A field with its rule: ``ok(value)`` must hold, else ``SpecError`` says ``<name> must be <expected>``."""
+    return dataclasses.field(default=default, metadata={"ok": ok, "expected": expected})
+
+
+def _check_fields(spec: StageSpec | ArchSpec) -> None:
+    """Each field's rule (``_checked``), in field order. Raises SpecError naming the first bad value."""
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if "ok" in f.metadata and not f.metadata["ok"](value):
+            raise SpecError(f"{f.name} must be {f.metadata['expected']}, but got {f.name}={value!r}")
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage: ``repeats`` copies of one searched layer; only the first has ``stride``."""
 
-    op: str = "mbconv"
-    repeats: int = 1
-    kernel: int = 3
-    stride: int = 1
-    expansion: int = 6
-    out_channels: int = 16
-    se_ratio: float = 0.0
-    skip: str = "identity"
-    act: str | None = None  # None: the architecture's activation
+    op: str = _checked("mbconv", lambda v: v in OPS, f"one of {OPS}")
+    repeats: int = _checked(1, lambda v: v >= 1, ">= 1")
+    kernel: int = _checked(3, lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1")
+    stride: int = _checked(1, lambda v: v in (1, 2), "1 or 2")
+    expansion: int = _checked(6, lambda v: v >= 1, ">= 1")
+    out_channels: int = _checked(16, lambda v: v >= 1, ">= 1")
+    se_ratio: float = _checked(0.0, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+    skip: str = _checked("identity", lambda v: v in SKIPS, f"one of {SKIPS}")
+    act: str | None = _checked(None, lambda v: v is None or v in ACTIVATIONS,
+                               f"one of {ACTIVATIONS} or None")  # None: the architecture's activation
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise SpecError(f"op must be one of {OPS}, but got op={self.op!r}")
-        checks = (
-            ("repeats", self.repeats >= 1, ">= 1"),
-            ("kernel", self.kernel >= 1 and self.kernel % 2 == 1, "an odd integer >= 1"),
-            ("stride", self.stride in (1, 2), "1 or 2"),
-            ("expansion", self.expansion >= 1, ">= 1"),
-            ("out_channels", self.out_channels >= 1, ">= 1"),
-            ("se_ratio", 0.0 <= self.se_ratio <= 1.0, "in [0, 1]"),
-        )
-        for name, ok, expected in checks:
-            if not ok:
-                raise SpecError(f"{name} must be {expected}, but got {name}={getattr(self, name)!r}")
+        _check_fields(self)
         if self.op != "mbconv" and self.expansion != 1:
             raise SpecError(f"op={self.op!r} takes expansion 1 only, but got expansion={self.expansion}")
-        if self.skip not in SKIPS:
-            raise SpecError(f"skip must be one of {SKIPS}, but got skip={self.skip!r}")
-        if self.act is not None and self.act not in ACTIVATIONS:
-            raise SpecError(f"act must be one of {ACTIVATIONS} or None, but got act={self.act!r}")
 
     def to_str(self) -> str:
         """The compact timm-style string, e.g. ``ir_r2_k3_s2_e6_c24_se0.25``."""
@@ -182,16 +180,16 @@ class ArchSpec:
     """
 
     stages: tuple[StageSpec, ...]
-    stem_channels: int = 32
-    head_channels: int = 1280
-    width_mult: float = 1.0
-    depth_mult: float = 1.0
-    resolution: int = 224
-    dropout: float = 0.2
-    drop_connect: float = 0.2
-    act: str = "silu"
-    bn_momentum: float = 0.01
-    bn_eps: float = 1e-3
+    stem_channels: int = _checked(32, lambda v: v >= 1, ">= 1")
+    head_channels: int = _checked(1280, lambda v: v >= 0, ">= 0 (0: no head conv)")
+    width_mult: float = _checked(1.0, lambda v: v > 0, "> 0")
+    depth_mult: float = _checked(1.0, lambda v: v > 0, "> 0")
+    resolution: int = _checked(224, lambda v: v >= 8, ">= 8")
+    dropout: float = _checked(0.2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    drop_connect: float = _checked(0.2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    act: str = _checked("silu", lambda v: v in ACTIVATIONS, f"one of {ACTIVATIONS}")
+    bn_momentum: float = _checked(0.01, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+    bn_eps: float = _checked(1e-3, lambda v: v > 0, "> 0")
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -201,21 +199,7 @@ class ArchSpec:
             raise SpecError(f"stages must be a non-empty sequence of StageSpec, but got {self.stages!r}")
         if not isinstance(self.name, str):
             raise SpecError(f"name must be a string, but got name={self.name!r}")
-        checks = (
-            ("stem_channels", self.stem_channels >= 1, ">= 1"),
-            ("head_channels", self.head_channels >= 0, ">= 0 (0: no head conv)"),
-            ("width_mult", self.width_mult > 0, "> 0"),
-            ("depth_mult", self.depth_mult > 0, "> 0"),
-            ("resolution", self.resolution >= 8, ">= 8"),
-            ("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)"),
-            ("drop_connect", 0.0 <= self.drop_connect < 1.0, "in [0, 1)"),
-            ("act", self.act in ACTIVATIONS, f"one of {ACTIVATIONS}"),
-            ("bn_momentum", 0.0 < self.bn_momentum <= 1.0, "in (0, 1]"),
-            ("bn_eps", self.bn_eps > 0, "> 0"),
-        )
-        for name, ok, expected in checks:
-            if not ok:
-                raise SpecError(f"{name} must be {expected}, but got {name}={getattr(self, name)!r}")
+        _check_fields(self)
 
     # -- derived views --------------------------------------------------------------------------
     def stage_strings(self) -> tuple[str, ...]:

@@ -22,11 +22,8 @@ def _reference_feasible(grid: Grid) -> list[tuple[float, float, float]]:
 
 
 def _reference_order(points: list[Coefficients]) -> list[int]:
-    shares = []
-    for c in points:
-        logs = (math.log(c.alpha), 2 * math.log(c.beta), 2 * math.log(c.gamma))
-        total = sum(logs) or 1.0
-        shares.append(tuple(x / total for x in logs))
+    logs = [(math.log(c.alpha), 2 * math.log(c.beta), 2 * math.log(c.gamma)) for c in points]
+    shares = [tuple(x / (sum(row) or 1.0) for x in row) for row in logs]
     tie = [(abs(c.product - TARGET_PRODUCT), c.as_tuple()) for c in points]
     d2 = lambda a, b: sum((x - y) ** 2 for x, y in zip(a, b))  # noqa: E731
     first = min(range(len(points)), key=lambda i: (sum((s - 1 / 3) ** 2 for s in shares[i]), tie[i]))

@@ -15,20 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nas.recipe import (
-    CANNOT_TELL,
-    Summary,
-    analyse,
-    coefficient_key,
-    keep_count,
-    learns,
-    margin,
-    mean_spread,
-    pooled_spread,
-    ranked,
-    verdict,
-    versus,
-)
+import nas.recipe as rs  # the refinement's statistics, through the package's face
+from nas.recipe import CANNOT_TELL, Summary, analyse, coefficient_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "experiments" / "derive_digits.yaml"
@@ -37,36 +25,36 @@ DIGITS = ROOT / "experiments" / "derive_digits.yaml"
 # -- the refinement's statistics -------------------------------------------------------------------------------
 
 def test_mean_and_spread_by_hand():
-    mean, spread = mean_spread([0.86, 0.88])
+    mean, spread = rs.mean_spread([0.86, 0.88])
     assert mean == pytest.approx(0.87, abs=1e-12)
     assert spread == pytest.approx(0.02 / math.sqrt(2), abs=1e-12)  # sample sd of two values: |a - b| / sqrt 2
-    mean, spread = mean_spread([0.80, 0.83, 0.86])
+    mean, spread = rs.mean_spread([0.80, 0.83, 0.86])
     assert mean == pytest.approx(0.83) and spread == pytest.approx(0.03)  # sqrt((0.03² + 0 + 0.03²) / 2)
-    assert math.isnan(mean_spread([0.9])[1]) and math.isnan(mean_spread([])[0])
+    assert math.isnan(rs.mean_spread([0.9])[1]) and math.isnan(rs.mean_spread([])[0])
 
 
 def test_pooled_spread_margin_and_verdict_by_hand():
     # variances 0.0002 and 0: pooled sqrt((0.0002 + 0) / 2) = 0.01; margin (0.87 - 0.85) / 0.01 = 2 spreads
-    spread = pooled_spread([[0.86, 0.88], [0.85, 0.85]])
+    spread = rs.pooled_spread([[0.86, 0.88], [0.85, 0.85]])
     assert spread == pytest.approx(0.01, abs=1e-12)
-    assert margin(0.87, 0.85, spread) == pytest.approx(2.0)
-    assert verdict(2.0) == "tells apart"
+    assert rs.margin(0.87, 0.85, spread) == pytest.approx(2.0)
+    assert rs.verdict(2.0) == "tells apart"
     # the case: 0.858 vs 0.856 with the proxy's seed spread ~0.018 is 0.11 spreads
-    assert margin(0.858, 0.856, 0.018) == pytest.approx(0.1111, abs=1e-4)
-    assert verdict(0.1111) == CANNOT_TELL and verdict(0.999) == CANNOT_TELL and verdict(math.nan) == CANNOT_TELL
+    assert rs.margin(0.858, 0.856, 0.018) == pytest.approx(0.1111, abs=1e-4)
+    assert [rs.verdict(v) for v in (0.1111, 0.999, math.nan)] == [CANNOT_TELL] * 3
     # degrees of freedom weight the groups: (2 * 0.03² + 1 * 0.0002) / 3
-    assert pooled_spread([[0.80, 0.83, 0.86], [0.86, 0.88], [0.7]]) == pytest.approx(math.sqrt(0.002 / 3))
-    assert math.isnan(pooled_spread([[0.9], [0.8]]))
-    assert margin(0.9, 0.8, 0.0) == math.inf and margin(0.8, 0.8, 0.0) == 0.0
+    assert rs.pooled_spread([[0.80, 0.83, 0.86], [0.86, 0.88], [0.7]]) == pytest.approx(math.sqrt(0.002 / 3))
+    assert math.isnan(rs.pooled_spread([[0.9], [0.8]]))
+    assert rs.margin(0.9, 0.8, 0.0) == math.inf and rs.margin(0.8, 0.8, 0.0) == 0.0
 
 
 def test_versus_keep_count_ranking_and_learns():
-    assert (versus(1.5), versus(-1.0), versus(0.3), versus(-0.99)) == ("better", "worse", CANNOT_TELL, CANNOT_TELL)
-    assert [keep_count(n, None) for n in (1, 2, 3, 6, 8, 9, 10)] == [1, 2, 2, 2, 3, 3, 4]
-    assert keep_count(8, 5) == 5 and keep_count(3, 5) == 3
+    assert [rs.versus(v) for v in (1.5, -1.0, 0.3, -0.99)] == ["better", "worse", CANNOT_TELL, CANNOT_TELL]
+    assert [rs.keep_count(n, None) for n in (1, 2, 3, 6, 8, 9, 10)] == [1, 2, 2, 2, 3, 3, 4]
+    assert rs.keep_count(8, 5) == 5 and rs.keep_count(3, 5) == 3
     a, b, c = Summary("a", (0.80, 0.82)), Summary("b", (0.81, 0.81)), Summary("c", ())
-    assert [s.key for s in ranked([c, a, b], {"a": 5, "b": 3, "c": 1})] == ["b", "a", "c"]  # tie: fewer MACs first
-    assert learns(0.85, 0.90, 0.10) and not learns(0.41, 0.86, 0.10)  # 0.75 >= 0.9*0.80; 0.31 < 0.9*0.76
+    assert [s.key for s in rs.ranked([c, a, b], {"a": 5, "b": 3, "c": 1})] == ["b", "a", "c"]  # tie: fewer MACs first
+    assert rs.learns(0.85, 0.90, 0.10) and not rs.learns(0.41, 0.86, 0.10)  # 0.75 >= 0.9*0.80; 0.31 < 0.9*0.76
 
 
 def _entries():

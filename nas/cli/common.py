@@ -45,16 +45,18 @@ def proxy_flags() -> dict[str, str]:
     return {f"--{flag_name(f.name)}": f.name for f in proxy_fields() if f.metadata["flag"]}
 
 
-def add_proxy_arguments(group: argparse._ActionsContainer, hidden: Sequence[str] = ()) -> None:
+def add_proxy_arguments(group: argparse._ActionsContainer, hidden: Sequence[str] = (),
+                        only: Sequence[str] | None = None) -> None:
     """The proxy-task flags, one per ``ProxyTaskConfig`` field, with the help and type of its metadata.
 
     ``hidden``: fields whose flag is accepted but left out of ``--help`` (the command refuses or ignores it).
+    ``only``: just these fields' flags (nas-train's data and device flags), in the config's order; None: all.
     """
     from nas.proxy.config import field_help, proxy_fields
 
     flags = {v: k for k, v in proxy_flags().items()}
     for f in proxy_fields():
-        if f.name in flags:
+        if f.name in flags and (only is None or f.name in only):
             group.add_argument(flags[f.name], type=f.metadata["type"],
                                help=argparse.SUPPRESS if f.name in hidden else field_help(f))
 

@@ -68,12 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.config:
         return error_exit(PROG, ConfigError("--config is required (e.g. experiments/derive_digits.yaml)"))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    import optuna
+
+    from nas.recipe import ToolFailed, derive, load_config, plan_text  # before the try that catches ToolFailed
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        from nas.recipe import ToolFailed, derive, load_config, plan_text
-
         cfg = load_config(args.config, args.out, args.storage)
         if args.dry_run:
             print(plan_text(cfg))

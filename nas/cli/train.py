@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from nas.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_STORAGE,
+    add_proxy_arguments,
     command_parser,
     error_exit,
     glue_negative_values,
@@ -48,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", help="YAML file of options (keys = flag names); flags override it")
     a("--out", metavar="DIR", help="output folder (new, or the folder of the run to resume)")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder [digits]")
+    add_proxy_arguments(g, only=("dataset",))  # the dataset registry's names, as every command shows them
     g.add_argument("--data-dir", help="dataset directory (fashion-mnist: /usr/share/datasets/fashion-mnist; "
                                       "imagefolder: the folder with train/ and val/)")
     g.add_argument("--resolution", type=int, help="training resolution [the architecture's, scaled by 32/224 "
                                                   "to a multiple of 4 for small-image datasets]")
     g.add_argument("--val-size", type=float, help="held-out part of the training split: fraction or count [0]")
-    g.add_argument("--train-size", type=int, help="cap on training images")
+    add_proxy_arguments(g, only=("train_size",))
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe", help="rmsprop (the paper's) or sgd (SGD-Nesterov + cosine) [rmsprop]")
     g.add_argument("--epochs", type=float, help="training epochs [10]")
@@ -62,9 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="peak learning rate [rmsprop 0.016, sgd 0.1, per 256 images]")
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up [min(5, epochs / 10)]")
     g.add_argument("--seed", type=int, help="[0]")
-    g = p.add_argument_group("where it runs")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N [auto]")
-    g.add_argument("--threads", type=int, help="torch CPU threads [torch's default]")
+    g = p.add_argument_group("where it runs", "not among the run's settings: a run may resume on another device")
+    add_proxy_arguments(g, only=("device", "threads"))  # the proxy task's definitions
     g.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
     return p
 

@@ -15,24 +15,19 @@ import optuna
 from optuna._typing import JSONSerializable as _JSONSerializable
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat as _BaseHeartbeat
-from optuna.study._frozen import FrozenStudy as _FrozenStudy
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-__all__ = ["TESTED_OPTUNA", "JSONValue", "BaseHeartbeat", "FrozenStudy", "storage_of", "study_id", "trial_id",
-           "study_system_attrs",
+__all__ = ["TESTED_OPTUNA", "JSONValue", "BaseHeartbeat", "storage_of", "study_id", "trial_id", "study_system_attrs",
            "set_study_system_attr", "set_trial_system_attr", "all_trials", "heartbeat_enabled", "stale_trial_ids",
            "cached", "uncached", "running_heartbeats", "journal_file_path"]
 
 TESTED_OPTUNA = ">=4.3,<5.1"  # 4.3 brought UpdateFinishedTrialError; 4.3.0, 4.5.0 and 5.0.0 pass the tests
-# What an attribute may hold: Optuna's own type for it (``optuna._typing``), so that our storage wrapper's
-# method signatures are the ones it overrides.
+# What an attribute may hold: Optuna's own type for it (``optuna._typing``), as its storage methods declare it.
 JSONValue = _JSONSerializable
 
 # The heartbeat protocol a storage implements to have its stale trials failed by ``study.optimize``
 # (``record_heartbeat``, ``_get_stale_trial_ids``, ...): Optuna exports no public base class for it.
 BaseHeartbeat = _BaseHeartbeat
-# What ``BaseStorage.get_all_studies`` returns: a storage wrapper names it, and Optuna does not export it.
-FrozenStudy = _FrozenStudy
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:

@@ -8,31 +8,37 @@ with the password masked. Nothing of Optuna's is patched.
 """
 from __future__ import annotations
 
+import functools
 import time
-from typing import Callable, Container, Hashable, Sequence, TypeVar
+from typing import Callable, Concatenate, Hashable, ParamSpec, Sequence, TypeVar
 
 import optuna
-from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from nas.cluster.lease import LeaseWatch, StaleCallback, confirm_seconds
-from nas.cluster.optuna_private import (
-    BaseHeartbeat,
-    FrozenStudy,
-    JSONValue,
-    cached,
-    running_heartbeats,
-    stale_trial_ids,
-)
+from nas.cluster.optuna_private import BaseHeartbeat, cached, running_heartbeats, stale_trial_ids
 from nas.cluster.retry import StorageUnavailable, retry_call
 from nas.config import mask_url
 
 __all__ = ["ResilientStorage"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _retried(method: Callable[Concatenate[BaseStorage, P], T]) -> Callable[Concatenate[ResilientStorage, P], T]:
+    """``method`` of Optuna's ``BaseStorage`` (its name, signature and docstring), as a method of
+    ``ResilientStorage`` that calls the wrapped storage's own through ``retry_call``."""
+    name = method.__name__
+
+    @functools.wraps(method, updated=())  # not its __dict__: that marks it abstract
+    def retried(self: ResilientStorage, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._call(lambda: getattr(self._inner, name)(*args, **kwargs))
+
+    retried.__qualname__ = f"ResilientStorage.{name}"
+    return retried
 
 
 class ResilientStorage(BaseStorage, BaseHeartbeat):
@@ -60,49 +66,31 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
     def _call(self, fn: Callable[[], T]) -> T:
         return retry_call(fn, self.retry_seconds, self.url)
 
-    # -- studies ------------------------------------------------------------------------------------
-    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
-        return self._call(lambda: self._inner.create_new_study(directions, study_name))
-
-    def delete_study(self, study_id: int) -> None:
-        self._call(lambda: self._inner.delete_study(study_id))
-
-    def set_study_user_attr(self, study_id: int, key: str, value: JSONValue) -> None:
-        self._call(lambda: self._inner.set_study_user_attr(study_id, key, value))
-
-    def set_study_system_attr(self, study_id: int, key: str, value: JSONValue) -> None:
-        self._call(lambda: self._inner.set_study_system_attr(study_id, key, value))
-
-    def get_study_id_from_name(self, study_name: str) -> int:
-        return self._call(lambda: self._inner.get_study_id_from_name(study_name))
-
-    def get_study_name_from_id(self, study_id: int) -> str:
-        return self._call(lambda: self._inner.get_study_name_from_id(study_id))
-
-    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
-        return self._call(lambda: self._inner.get_study_directions(study_id))
-
-    def get_study_user_attrs(self, study_id: int) -> dict[str, JSONValue]:
-        return self._call(lambda: self._inner.get_study_user_attrs(study_id))
-
-    def get_study_system_attrs(self, study_id: int) -> dict[str, JSONValue]:
-        return self._call(lambda: self._inner.get_study_system_attrs(study_id))
-
-    def get_all_studies(self) -> list[FrozenStudy]:
-        return self._call(self._inner.get_all_studies)
-
-    # -- trials -------------------------------------------------------------------------------------
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return self._call(lambda: self._inner.create_new_trial(study_id, template_trial))
-
-    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
-                        distribution: BaseDistribution) -> None:
-        self._call(lambda: self._inner.set_trial_param(trial_id, param_name, param_value_internal, distribution))
-
-    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
-        return self._call(lambda: self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number))
+    # -- Optuna's storage API: each method the wrapped one's, called through retry_call ------------
+    # studies
+    create_new_study = _retried(BaseStorage.create_new_study)
+    delete_study = _retried(BaseStorage.delete_study)
+    set_study_user_attr = _retried(BaseStorage.set_study_user_attr)
+    set_study_system_attr = _retried(BaseStorage.set_study_system_attr)
+    get_study_id_from_name = _retried(BaseStorage.get_study_id_from_name)
+    get_study_name_from_id = _retried(BaseStorage.get_study_name_from_id)
+    get_study_directions = _retried(BaseStorage.get_study_directions)
+    get_study_user_attrs = _retried(BaseStorage.get_study_user_attrs)
+    get_study_system_attrs = _retried(BaseStorage.get_study_system_attrs)
+    get_all_studies = _retried(BaseStorage.get_all_studies)
+    # trials
+    create_new_trial = _retried(BaseStorage.create_new_trial)
+    set_trial_param = _retried(BaseStorage.set_trial_param)
+    get_trial_id_from_study_id_trial_number = _retried(BaseStorage.get_trial_id_from_study_id_trial_number)
+    set_trial_intermediate_value = _retried(BaseStorage.set_trial_intermediate_value)
+    set_trial_user_attr = _retried(BaseStorage.set_trial_user_attr)
+    set_trial_system_attr = _retried(BaseStorage.set_trial_system_attr)
+    get_trial = _retried(BaseStorage.get_trial)
+    get_all_trials = _retried(BaseStorage.get_all_trials)
+    get_best_trial = _retried(BaseStorage.get_best_trial)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        """Retried too; a repeat that finds the trial finished in ``state`` is the lost answer of a commit."""
         attempts = [0]
 
         def attempt() -> bool:
@@ -114,25 +102,6 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                     return True  # the first attempt committed; only its answer was lost
                 raise
         return self._call(attempt)
-
-    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        self._call(lambda: self._inner.set_trial_intermediate_value(trial_id, step, intermediate_value))
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: JSONValue) -> None:
-        self._call(lambda: self._inner.set_trial_user_attr(trial_id, key, value))
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: JSONValue) -> None:
-        self._call(lambda: self._inner.set_trial_system_attr(trial_id, key, value))
-
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        return self._call(lambda: self._inner.get_trial(trial_id))
-
-    def get_all_trials(self, study_id: int, deepcopy: bool = True,
-                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._call(lambda: self._inner.get_all_trials(study_id, deepcopy, states))
-
-    def get_best_trial(self, study_id: int) -> FrozenTrial:
-        return self._call(lambda: self._inner.get_best_trial(study_id))
 
     def remove_session(self) -> None:
         self._inner.remove_session()

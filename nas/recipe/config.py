@@ -12,9 +12,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, TypeVar, cast
+from typing import Any, Callable, Mapping, TypeVar, cast
 
 from nas.config import ConfigError, config_fields, is_number, is_whole, make_config, read_config_file
+from nas.final import RECIPES
 from nas.proxy.data import DATASETS
 from nas.search.config import SearchConfig
 from scaling.config import GridConfig
@@ -40,7 +41,6 @@ EXECUTION_KEYS = frozenset({"out", "storage", "quiet", "dry_run", "device", "thr
 # nas-train's flags (the interface of nas.cli.train) that the final section may set.
 FINAL_FLAGS = ("dataset", "data_dir", "epochs", "batch_size", "recipe", "lr", "warmup_epochs", "resolution",
                "val_size", "device", "threads", "seed", "train_size")
-RECIPES = ("rmsprop", "sgd")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,18 @@ def _check(section: str, checks: tuple[tuple[str, bool, str], ...], values: obje
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{section}.{name} must be {expected}, but got {getattr(values, name)!r}")
+
+
+def _option(expected: str, ok: Callable[[Any], bool]) -> Any:
+    """A nas-train option of the final section: None leaves nas-train's default; a value must pass ``ok``."""
+    return field(default=None, metadata={"ok": ok, "expected": expected})
+
+
+def _positive(whole: bool = False) -> Any:
+    """A nas-train option > 0 (``whole``: a whole number >= 1), or None."""
+    if whole:
+        return _option("a whole number >= 1", lambda v: is_whole(v) and v >= 1)
+    return _option("> 0", lambda v: is_number(v) and v > 0)
 
 
 @dataclass(frozen=True)
@@ -124,37 +136,24 @@ class FinalConfig:
     """One ``nas-train`` recipe for every family member; None leaves nas-train's default."""
 
     dataset: str = "digits"
-    data_dir: str | None = None
-    epochs: float | None = None
-    batch_size: int | None = None
-    recipe: str | None = None
-    lr: float | None = None
-    warmup_epochs: float | None = None
-    resolution: int | None = None
-    val_size: float | None = None
-    device: str | None = None
-    threads: int | None = None
-    seed: int | None = None
-    train_size: int | None = None
+    data_dir: str | None = _option("a folder", lambda v: isinstance(v, str))
+    epochs: float | None = _positive()
+    batch_size: int | None = _positive(whole=True)
+    recipe: str | None = _option(f"one of {', '.join(RECIPES)}", lambda v: v in RECIPES)
+    lr: float | None = _positive()
+    warmup_epochs: float | None = _option(">= 0", lambda v: is_number(v) and v >= 0)
+    resolution: int | None = _positive(whole=True)
+    val_size: float | None = _option(">= 0 (a fraction < 1 or a count)", lambda v: is_number(v) and v >= 0)
+    device: str | None = _option("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str))
+    threads: int | None = _positive(whole=True)
+    seed: int | None = _option("a whole number >= 0", lambda v: is_whole(v) and v >= 0)
+    train_size: int | None = _positive(whole=True)
 
     def __post_init__(self) -> None:
-        def positive(name: str, whole: bool = False) -> tuple[str, bool, str]:
-            v = getattr(self, name)
-            return name, v is None or ((is_whole(v) if whole else is_number(v)) and v > 0), \
-                "a whole number >= 1" if whole else "> 0"
-
+        options = [(f, getattr(self, f.name)) for f in dataclasses.fields(self) if "ok" in f.metadata]
         _check("final", (
             ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
-            ("recipe", self.recipe is None or self.recipe in RECIPES, f"one of {', '.join(RECIPES)}"),
-            positive("epochs"), positive("batch_size", True), positive("lr"), positive("resolution", True),
-            positive("threads", True), positive("train_size", True),
-            ("warmup_epochs", self.warmup_epochs is None or (is_number(self.warmup_epochs) and self.warmup_epochs >= 0),
-             ">= 0"),
-            ("val_size", self.val_size is None or (is_number(self.val_size) and self.val_size >= 0),
-             ">= 0 (a fraction < 1 or a count)"),
-            ("seed", self.seed is None or (is_whole(self.seed) and self.seed >= 0), "a whole number >= 0"),
-            ("device", self.device is None or isinstance(self.device, str), "auto, cpu, cuda or cuda:N"),
-            ("data_dir", self.data_dir is None or isinstance(self.data_dir, str), "a folder"),
+            *((f.name, v is None or f.metadata["ok"](v), f.metadata["expected"]) for f, v in options),
         ), self)
 
     def flags(self) -> list[str]:
