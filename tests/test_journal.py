@@ -188,3 +188,47 @@ def test_a_full_disk_ends_the_run_with_exit_3_and_the_journal_readable(small_tmp
     assert sum(t.state == optuna.trial.TrialState.COMPLETE and bool(t.user_attrs.get("trained"))
                for t in study.trials) >= 2
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_the_journal_lists_the_trials_plain_optuna_lists(tmp_path):
+    """``LeasedJournalStorage.get_all_trials`` reads only past the finished head: the same lists (the same
+    objects) as plain Optuna's full read, for every state filter, with another process's trials and a long tail."""
+    path = tmp_path / "study.journal"
+    ours = open_storage(f"journal:{path}", tmp_path)
+    study = optuna.create_study(study_name=NAME, storage=ours)
+    other = optuna.load_study(study_name=NAME, storage=plain(path))  # another worker, writing the same file
+    sid = study._study_id
+    filters = [None, (optuna.trial.TrialState.RUNNING,), (optuna.trial.TrialState.WAITING,),
+               (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)]
+
+    def check() -> None:
+        for states in filters:
+            got = ours.get_all_trials(sid, deepcopy=False, states=states)
+            want = JournalStorage.get_all_trials(ours, sid, deepcopy=False, states=states)
+            assert [t.number for t in got] == [t.number for t in want] and all(a is b for a, b in zip(got, want))
+        assert ours.get_all_trials(sid, states=filters[1]) == JournalStorage.get_all_trials(ours, sid,
+                                                                                           states=filters[1])
+    check()  # no trial yet
+    running = [study.ask(), other.ask()]
+    for i in range(40):  # a tail longer than the one read trial by trial, then short ones
+        if i % 10 == 3:
+            other.enqueue_trial({"x": 0.5})
+        (study if i % 2 else other).tell((study if i % 2 else other).ask(), i % 3 if i % 7 else None,
+                                         state=None if i % 7 else optuna.trial.TrialState.FAIL)
+        if i > 30:
+            check()
+    check()
+    study.tell(running[0], 1.0)
+    other.tell(running[1], state=optuna.trial.TrialState.PRUNED)
+    while other.get_trials(states=(optuna.trial.TrialState.WAITING,)):
+        other.tell(other.ask(), 0.5)
+    check()
+    for i in range(4):  # short tails, read trial by trial
+        trial = (other if i % 2 else study).ask()
+        check()
+        (other if i % 2 else study).tell(trial, 0.1 * i)
+        check()
+    optuna.delete_study(study_name=NAME, storage=plain(path))
+    with pytest.raises(KeyError):
+        ours.get_all_trials(sid)

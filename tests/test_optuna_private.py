@@ -10,6 +10,7 @@ import inspect
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
@@ -187,3 +188,44 @@ def test_a_pruned_trial_takes_its_last_intermediate_value():
     trial.report(0.75, 1)
     study.tell(trial, state=TrialState.PRUNED)
     assert study.trials[0].value == 0.75
+
+
+def test_the_tpe_internals_nas_search_tpe_reads():
+    """Each TPE accessor of the adapter on a real sampler and study (``nas.search.tpe.CachedTPESampler``)."""
+    from optuna.samplers import TPESampler
+    from optuna.samplers._tpe import sampler as tpe
+
+    sampler = TPESampler(multivariate=True, constant_liar=True, seed=0, n_startup_trials=3, n_ei_candidates=7)
+    assert op.tpe_settings(sampler) == (True, 3, 7, 1.0, tpe.default_weights, True)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    for i in range(6):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        trial.suggest_float("y", 0, 1)
+        if i == 4:
+            trial.report(0.5, 2)
+            study.tell(trial, state=TrialState.PRUNED)
+        elif i < 4:
+            study.tell(trial, i)
+    running = study.trials[-1]  # sampled relatively (a constant liar shares those parameters), not told
+    assert running.state == TrialState.RUNNING and op.tpe_params(sampler, running, study) == running.params
+    assert [t.number for t in op.tpe_trials(sampler, study)] == list(range(6))  # complete, pruned, running
+    assert [t.number for t in op.cached_trials(study)] == list(range(6))
+    assert op.tpe_gamma(sampler, study) is tpe.default_gamma
+    assert op.pruned_trial_score(study.trials[4], study) == (-2, -0.5)
+    assert isinstance(op.tpe_rng(sampler), np.random.RandomState)
+    estimator = op.tpe_below_estimator(sampler, study, running.distributions, study.trials[:2])
+    assert isinstance(estimator, op.ParzenEstimator) and estimator.log_pdf({"x": np.array([0.5]),
+                                                                           "y": np.array([0.5])}).shape == (1,)
+    np.testing.assert_array_equal(op.parzen_weights(tpe.default_weights, 30), tpe.default_weights(30))
+    with pytest.raises(ValueError):
+        op.parzen_weights(lambda n: -np.ones(n), 3)
+    # the hooks CachedTPESampler overrides, and the steps of Optuna's own _sample its fast path repeats
+    for name, parameters in {"_sample": ["self", "study", "trial", "search_space"],
+                             "_sample_relative": ["self", "study", "trial", "search_space"],
+                             "_get_internal_repr": ["self", "trials", "search_space", "study"]}.items():
+        assert list(inspect.signature(getattr(TPESampler, name)).parameters) == parameters, name
+    source = inspect.getsource(TPESampler._sample)
+    for step in ("_split_trials(", "self._build_parzen_estimator(", "mpe_below.sample(self._rng.rng",
+                 "self._compute_acquisition_func(", "handle_below=False"):
+        assert step in source, step

@@ -9,19 +9,26 @@ the Optuna versions of ``TESTED_OPTUNA`` (the pin in ``setup.cfg``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Container
+from typing import Any, Callable, Container, NamedTuple
 
+import numpy as np
 import optuna
 from optuna._typing import JSONSerializable as _JSONSerializable
+from optuna.distributions import BaseDistribution
+from optuna.samplers import TPESampler
+from optuna.samplers._tpe import sampler as _tpe
+from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat as _BaseHeartbeat
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 __all__ = ["TESTED_OPTUNA", "JSONValue", "BaseHeartbeat", "storage_of", "study_id", "trial_id", "study_system_attrs",
            "set_study_system_attr", "set_trial_system_attr", "all_trials", "heartbeat_enabled", "stale_trial_ids",
-           "cached", "uncached", "running_heartbeats", "journal_file_path"]
+           "cached", "uncached", "running_heartbeats", "journal_file_path", "TPESettings", "tpe_settings",
+           "tpe_trials", "cached_trials", "tpe_gamma", "tpe_rng", "tpe_params", "tpe_below_estimator",
+           "pruned_trial_score", "parzen_weights", "ParzenEstimator"]
 
-TESTED_OPTUNA = ">=4.3,<5.1"  # 4.3 brought UpdateFinishedTrialError; 4.3.0, 4.5.0 and 5.0.0 pass the tests
+TESTED_OPTUNA = ">=5.0,<5.1"  # nas.search.tpe reads 5.0's TPE internals: 4.3.0 fails tests/test_tpe.py
 # What an attribute may hold: Optuna's own type for it (``optuna._typing``), as its storage methods declare it.
 JSONValue = _JSONSerializable
 
@@ -106,3 +113,75 @@ def journal_file_path(storage: JournalStorage) -> str | None:
     """The file of a journal storage (``JournalStorage._backend._file_path``; None for Redis and others):
     the study lock is a file next to it."""
     return getattr(storage._backend, "_file_path", None)
+
+
+# --- TPE: what nas.search.tpe.CachedTPESampler reads of the TPESampler it extends (no public accessors) ---
+
+# Optuna's Parzen estimator: CachedTPESampler builds the 'below' one with it (and the tests compare against it).
+ParzenEstimator = _ParzenEstimator
+
+
+class TPESettings(NamedTuple):
+    """The settings of a ``TPESampler`` that ``CachedTPESampler`` reads (private attributes of its ``__init__``)."""
+
+    constant_liar: bool
+    n_startup_trials: int
+    n_ei_candidates: int
+    prior_weight: float
+    weights: Callable[[int], np.ndarray]
+    default_estimator: bool  # Optuna's own _ParzenEstimator, not a subclass set by the user
+
+
+def tpe_settings(sampler: TPESampler) -> TPESettings:
+    """A ``TPESampler``'s settings: it keeps them in private attributes, with no accessor."""
+    parameters = sampler._parzen_estimator_parameters
+    return TPESettings(sampler._constant_liar, sampler._n_startup_trials, sampler._n_ei_candidates,
+                       parameters.prior_weight, parameters.weights, sampler._parzen_estimator_cls is _ParzenEstimator)
+
+
+def tpe_trials(sampler: TPESampler, study: optuna.Study) -> list[FrozenTrial]:
+    """The trials ``TPESampler._sample`` splits, read as it reads them (``Study._get_trials``), the trial
+    being sampled not yet left out."""
+    liar = sampler._constant_liar
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) if liar else (TrialState.COMPLETE,
+                                                                                        TrialState.PRUNED)
+    return study._get_trials(deepcopy=False, states=states, use_cache=not liar)
+
+
+def cached_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial of the study as read once for the trial being sampled (``Study._get_trials(use_cache=True)``),
+    as ``TPESampler._sample_relative`` counts the finished ones."""
+    return study._get_trials(deepcopy=False, use_cache=True)
+
+
+def tpe_gamma(sampler: TPESampler, study: optuna.Study) -> Callable[[int], int]:
+    """The size of the 'below' group of n trials, set on first use as ``TPESampler._sample`` sets it (``_gamma``)."""
+    if sampler._gamma is None:
+        sampler._gamma = _tpe.default_gamma if len(study.directions) <= 1 else _tpe.default_gamma_multiobjective
+    return sampler._gamma
+
+
+def tpe_rng(sampler: TPESampler) -> np.random.RandomState:
+    """The random state TPE draws its candidates from (``_rng.rng``): the same stream gives Optuna's samples."""
+    return sampler._rng.rng
+
+
+def tpe_params(sampler: TPESampler, trial: FrozenTrial, study: optuna.Study) -> dict[str, Any]:
+    """A trial's parameters as TPE sees them (``_get_params``): a running trial's constant-liar ones included."""
+    return sampler._get_params(trial, study)
+
+
+def tpe_below_estimator(sampler: TPESampler, study: optuna.Study, search_space: dict[str, BaseDistribution],
+                        trials: list[FrozenTrial]) -> _ParzenEstimator:
+    """The 'below' trials' estimator, built by Optuna (``_build_parzen_estimator``): it draws the candidates."""
+    return sampler._build_parzen_estimator(study, search_space, trials, handle_below=True)
+
+
+def pruned_trial_score(trial: FrozenTrial, study: optuna.Study) -> tuple[float, float]:
+    """How TPE ranks a pruned trial for the 'below' group (``_get_pruned_trial_score``, lower first)."""
+    return _tpe._get_pruned_trial_score(trial, study)
+
+
+def parzen_weights(weights: Callable[[int], np.ndarray], n: int) -> np.ndarray:
+    """The weights of n observations, checked as Optuna checks them (``_ParzenEstimator._call_weights_func``)."""
+    return _ParzenEstimator._call_weights_func(weights, n)
