@@ -25,7 +25,7 @@ from typing import Callable, Container, Hashable, Iterable, Protocol, runtime_ch
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages.journal import BaseJournalBackend, JournalStorage
+from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import FrozenTrial, TrialState
 
 try:  # Optuna >= 4.9
@@ -33,7 +33,7 @@ try:  # Optuna >= 4.9
 except ImportError:  # pragma: no cover - older Optuna
     from optuna.storages import RetryFailedTrialCallback as _RetryBase
 
-from nas.cluster.optuna_private import BaseHeartbeat, trial_id
+from nas.cluster.optuna_private import BaseHeartbeat, GroupedJournalStorage, trial_id
 from nas.cluster.retry import StorageUnavailable
 
 __all__ = ["LEASE_ATTR", "CLAIM_ATTR", "LeaseWatch", "Leased", "LeasedJournalStorage", "RetryStaleTrial",
@@ -99,12 +99,14 @@ class Leased(Protocol):
     def get_heartbeat_interval(self) -> int | None: ...
 
 
-class LeasedJournalStorage(JournalStorage, BaseHeartbeat):
+class LeasedJournalStorage(GroupedJournalStorage, BaseHeartbeat):
     """``JournalStorage`` with a heartbeat: leases on running trials, stale ones failed and retried.
 
     Its ``get_all_trials`` reads only the trials from the first one not finished on (``_Head``):
     Optuna and nas-search list the study's trials ~7 times a trial, each a Python loop over all of
-    them in ``JournalStorage`` (at 10,000 trials, most of the storage's time).
+    them in ``JournalStorage`` (at 10,000 trials, most of the storage's time). Its writes are grouped
+    (``GroupedJournalStorage``): a trial's parameters and user attributes go to the file with its next
+    other write or read, one fsynced append instead of one each.
 
     Args:
         backend: the journal backend (``JournalFileBackend`` on a local or shared filesystem).
