@@ -7,7 +7,9 @@ weights downstream. Here the split is on the op kind of one stage (``--split-sta
 the stage with the most layer slots): conv, dsconv and mbconv (mbconv1/3/6 nest, one set of
 weights), three sub-supernets of ``--split-epochs`` each. The control trains the one-shot
 supernet on for the same number of steps in all (3 x ``--split-epochs``), over the whole space,
-with the same recipe, so any gain is the split's and not the extra training's.
+with the same recipe, so any gain is the split's and not the extra training's. The split is the
+library's (``nas.supernet.split_supernet``: ``base-s<stage>-<kind>.pt`` in ``--out``, each
+architecture scored by ``pick``), so ``nas-proxy-check --supernet`` takes the same files.
 
 Every architecture of the published proxy check (the 20 of ``--reference``, a ``nas-proxy-check``
 results CSV with the 5-epoch stand-alone ``reference_mean``) is scored by the base supernet, the
@@ -35,41 +37,28 @@ import torch
 from nas.fidelity.rankstats import bootstrap_ci, kendall_tau, spearman_rho
 from nas.proxy import ProxyData, evaluate, torch_threads
 from nas.proxy.data import DataConfig, load_data
-from nas.supernet import Supernet, SupernetTrainConfig, train_supernet
+from nas.supernet import OP_KINDS, Supernet, SupernetTrainConfig, pick, split_supernet, train_supernet
 from nas.supernet.checkpoint import load_supernet
 from nas.supernet.score import DEFAULT_SCORE_CONFIG, extract_model
+from nas.supernet.train import SupernetTrainResult
 from search_spaces import ArchSpec, default_space
-from search_spaces.space import SearchSpace
-
-KINDS = {"conv": ("conv",), "dsconv": ("dsconv",), "mbconv": ("mbconv1", "mbconv3", "mbconv6")}
-PREFIX = {"cn": "conv", "ds": "dsconv", "ir": "mbconv"}  # a stage string's block kind -> its op kind
 
 
-def sub_space(space: SearchSpace, stage: int, kind: str) -> SearchSpace:
-    """``space`` with stage ``stage`` (1-based) restricted to the ops of ``kind``."""
-    stages = list(space.stages)
-    st = stages[stage - 1]
-    stages[stage - 1] = dataclasses.replace(st, ops=tuple(op for op in st.ops if op in KINDS[kind]))
-    return dataclasses.replace(space, name=f"{space.name}-s{stage}-{kind}", stages=tuple(stages),
-                               source=f"{space.source}\n# stage {stage} restricted to {kind}\n")
+def seconds_file(path: Path) -> Path:
+    return path.with_suffix(".seconds")
 
 
-def inherit(sub: Supernet, base: Supernet) -> None:
-    """Copy ``base``'s weights into ``sub`` (whose tensors are a subset of them, at the same shapes)."""
-    missing, _ = sub.load_state_dict(base.state_dict(), strict=False)
-    if missing:
-        raise SystemExit(f"the sub-supernet has weights the base lacks: {missing[:3]}")
-    sub.trained_on = base.trained_on
+def add_seconds(path: Path, result: SupernetTrainResult) -> float:
+    """The seconds of training the file at ``path`` holds, this call's (``result``) added."""
+    before = float(seconds_file(path).read_text()) if seconds_file(path).exists() else 0.0
+    total = before + (result.seconds if result.step > result.start_step else 0.0)
+    seconds_file(path).write_text(f"{total:.1f}\n")
+    return total
 
 
 def train(supernet: Supernet, data: ProxyData, path: Path, cfg: SupernetTrainConfig) -> float:
     """Train (or resume, or find done) ``supernet`` at ``path``; the seconds of training this file holds."""
-    seconds_file = path.with_suffix(".seconds")
-    before = float(seconds_file.read_text()) if seconds_file.exists() else 0.0
-    result = train_supernet(supernet, data, cfg, checkpoint=path)
-    total = before + (result.seconds if result.step > result.start_step else 0.0)
-    seconds_file.write_text(f"{total:.1f}\n")
-    return total
+    return add_seconds(path, train_supernet(supernet, data, cfg, checkpoint=path))
 
 
 def scores(supernet: Supernet, arch: ArchSpec, data: ProxyData, bn_batches: int) -> tuple[float, float, float]:
@@ -115,14 +104,16 @@ def main() -> None:
     # the same recipe restarted (warm-up, cosine) from the base weights: per sub-supernet, and for the control
     more = dataclasses.replace(base_cfg, epochs=args.split_epochs, warmup_epochs=0.0)
     nets: dict[str, Supernet] = {"base": load_supernet(args.out / "base.pt")}
-    for kind in KINDS:
-        sub = Supernet(sub_space(space, args.split_stage, kind), data.num_classes, data.in_chans)
-        inherit(sub, nets["base"])
-        seconds[kind] = train(sub, data, args.out / f"split-{kind}.pt", dataclasses.replace(more, seed=1))
-        nets[kind] = sub
+
+    def trained(kind: str, path: Path, result: SupernetTrainResult) -> None:  # base-s<stage>-<kind>.pt in --out
+        seconds[kind] = add_seconds(path, result)
+        nets[kind] = load_supernet(path)
+
+    split = split_supernet(args.out / "base.pt", data, args.split_stage, args.split_epochs, args.out,
+                           dataclasses.replace(more, seed=1), on_trained=trained)
     control = load_supernet(args.out / "base.pt")
     seconds["control"] = train(control, data, args.out / "control.pt",
-                               dataclasses.replace(more, epochs=args.split_epochs * len(KINDS), seed=1))
+                               dataclasses.replace(more, epochs=args.split_epochs * len(split), seed=1))
     nets["control"] = control
     report(args, data, nets, seconds)
 
@@ -130,14 +121,14 @@ def main() -> None:
 def report(args: argparse.Namespace, data: ProxyData, nets: dict[str, Supernet], seconds: dict[str, float]) -> None:
     rows = read_reference(args.reference)
     columns: dict[str, list[tuple[float, float, float]]] = {"base": [], "control": [], "split": []}
+    split = [net for kind, net in nets.items() if kind in OP_KINDS]
     with torch_threads(args.threads):
         for _, arch, _ in rows:
-            kind = PREFIX[arch.stages[args.split_stage - 1].to_str().split("_")[0]]
-            for column, net in (("base", nets["base"]), ("control", nets["control"]), ("split", nets[kind])):
+            for column, net in (("base", nets["base"]), ("control", nets["control"]), ("split", pick(split, arch))):
                 columns[column].append(scores(net.eval(), arch, data, args.bn_batches))
     reference = [r for _, _, r in rows]
-    kinds = [PREFIX[a.stages[args.split_stage - 1].to_str().split("_")[0]] for _, a, _ in rows]
-    print(f"split on stage {args.split_stage}: " + ", ".join(f"{k} {kinds.count(k)}" for k in KINDS)
+    kinds = [a.stages[args.split_stage - 1].op for _, a, _ in rows]  # a stage's op is its op kind
+    print(f"split on stage {args.split_stage}: " + ", ".join(f"{k} {kinds.count(k)}" for k in OP_KINDS)
           + f" of {len(rows)} architectures; BN recalibrated on {args.bn_batches} batches")
     print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     print(f"{'supernet':<10} {'score':<9} {'Kendall tau [95% CI]':<26} {'Spearman rho [95% CI]':<24} s/arch")

@@ -13,6 +13,10 @@ command run again skips what is there. Settings that would change a stored score
 split, trainer recipe, seed) must match the file's first line, else the run is refused. Proxies,
 reference epochs and seeds, and the architecture count may change: only missing scores are computed.
 A run holds a lock on the file, so a second run on the same ``--out`` is refused while it lasts.
+
+``--supernet A.pt,B.pt,C.pt`` gives a supernet split by op kind (``nas.supernet.split``): each
+architecture is scored by the first file whose space admits it; a supernet score is cached under
+the digests of all the files, so scores of one supernet or another split are never reused.
 """
 from __future__ import annotations
 
@@ -59,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      f"supernet-loss (their held-out cross-entropy, negated) and "
                                      f"supernet+ft:EPOCHS (inherited weights, fine-tuned) [{DEFAULT_PROXIES}]")
     g.add_argument("--supernet", help="the trained supernet of the supernet proxies (nas-search --proxy supernet "
-                                      "trains one)")
+                                      "trains one), or A.pt,B.pt,...: the files of a supernet split by op kind, "
+                                      "each candidate scored by the first whose space admits it (docs/supernet.md)")
     g.add_argument("--supernet-bn-batches", type=int, help="training batches each candidate's BN statistics are "
                                                            "recalibrated on [20]")
     g.add_argument("--reference-epochs", type=float, help="epochs of the reference training [5]")
@@ -101,7 +106,7 @@ def run(cfg: CheckConfig) -> int:
     data_cfg, trainer = cfg.task.data_config(cfg.seed), cfg.task.train_config(cfg.seed)
     data = load_data(data_cfg)
     cfg.task.check_data(data)
-    stored, scorers = _supernet_scorers(cfg, data, trainer, device) if cfg.uses_supernet else ({}, {})
+    stored, scorers = _supernet_scorers(cfg, data, trainer, device, archs) if cfg.uses_supernet else ({}, {})
     items = plan_items(cfg, archs, stored)
     out.mkdir(parents=True, exist_ok=True)  # every input has been checked; an existing cache is left as it is
     path, settings = out / CACHE_NAME, cache_settings(data_cfg, trainer, archs[0])
@@ -123,17 +128,19 @@ def run(cfg: CheckConfig) -> int:
     return 0
 
 
-def _supernet_scorers(cfg: CheckConfig, data: ProxyData, trainer: TrainConfig,
-                      device: torch.device) -> tuple[dict[str, str], dict[str, Scorer]]:
-    """The supernet proxies: each one's name in the cache (with the supernet's digest and BN batches) and scorer."""
+def _supernet_scorers(cfg: CheckConfig, data: ProxyData, trainer: TrainConfig, device: torch.device,
+                      archs: Sequence[ArchSpec]) -> tuple[dict[str, str], dict[str, Scorer]]:
+    """The supernet proxies: each one's name in the cache (with the digests of the supernet's files and the BN
+    batches) and scorer. Several files are a split supernet: each architecture is scored by the first whose
+    space admits it, and every file is checked before the first score."""
     import torch
 
-    from nas.supernet import score
-    from nas.supernet.proxy import file_digest, prepare_supernet, score_config
+    from nas.supernet import pick, score
+    from nas.supernet.proxy import prepare_supernets, score_config, supernet_tag
     from search_spaces import default_space
 
-    supernet = prepare_supernet(default_space(), data, str(cfg.supernet), device)
-    tag = f"@{file_digest(str(cfg.supernet))}/bn{cfg.supernet_bn_batches}"
+    supernets = prepare_supernets(default_space(), data, cfg.supernet_files, device, archs)
+    tag = supernet_tag(cfg.supernet_files, cfg.supernet_bn_batches)
 
     def scorer(method: str) -> Scorer:
         finetune = float(method.partition(":")[2] or 0)
@@ -141,8 +148,8 @@ def _supernet_scorers(cfg: CheckConfig, data: ProxyData, trainer: TrainConfig,
 
         def score_arch(arch: ArchSpec, seed: int) -> float:
             torch.manual_seed(seed)  # the fine-tuning's batches and dropout
-            return score(supernet, arch, data, bn_batches=cfg.supernet_bn_batches, finetune_epochs=finetune,
-                         config=score_config(trainer, seed), metric=metric)
+            return score(pick(supernets, arch), arch, data, bn_batches=cfg.supernet_bn_batches,
+                         finetune_epochs=finetune, config=score_config(trainer, seed), metric=metric)
         return score_arch
 
     methods = [m for m in cfg.proxies if is_supernet_method(m)]

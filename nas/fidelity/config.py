@@ -101,7 +101,7 @@ class CheckConfig:
     proxies: tuple[str, ...] = tuple(DEFAULT_PROXIES.split(","))  # a comma list or a sequence is parsed
     reference_epochs: float = 5.0
     reference_seeds: int = 2
-    supernet: str | None = None  # the trained supernet of the supernet proxies
+    supernet: str | None = None  # the trained supernet of the supernet proxies, or a comma list: a split supernet
     supernet_bn_batches: int = 20
     task: ProxyTaskConfig = field(default_factory=ProxyTaskConfig)  # or a mapping of TASK_FIELDS
     out: str = "runs/proxy-check"
@@ -119,6 +119,9 @@ class CheckConfig:
             ("out", isinstance(self.out, str) and bool(self.out.strip()), "a folder path"),
             ("supernet", self.supernet is None or (bool(str(self.supernet).strip()) and self.uses_supernet),
              "given only with --proxies supernet, supernet-loss or supernet+ft:EPOCHS, as a trained supernet file"),
+            ("supernet", self.supernet is None or self._supernet_list_ok(),
+             "one trained supernet file, or a comma list of the files of a split supernet, without empty or "
+             "repeated items"),
             ("supernet_bn_batches", isinstance(self.supernet_bn_batches, int) and self.supernet_bn_batches >= 0,
              "a whole number of batches >= 0"),
         )
@@ -138,6 +141,16 @@ class CheckConfig:
                                   f"{', '.join(TASK_FIELDS)}")
         config: ProxyTaskConfig = make_config(ProxyTaskConfig, {}, {**values, "epochs": self.reference_epochs})
         return config
+
+    @property
+    def supernet_files(self) -> tuple[str, ...]:
+        """The files of ``--supernet``: one supernet, or the sub-supernets of a split supernet (each candidate
+        is scored by the first whose space admits it); empty without ``--supernet``."""
+        return tuple(item.strip() for item in str(self.supernet).split(",")) if self.supernet is not None else ()
+
+    def _supernet_list_ok(self) -> bool:
+        files = self.supernet_files
+        return all(files) and len(set(files)) == len(files)
 
     @property
     def uses_supernet(self) -> bool:

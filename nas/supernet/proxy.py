@@ -3,13 +3,16 @@
 ``prepare_supernet`` either trains one into a file (resuming a partial checkpoint there, as a
 rerun of the command does) or loads a trained one, and checks it against the search before the
 first trial: the same space, a record of its training data, and a held-out split it never saw.
-``file_digest`` names the weights a study's scores came from, so a resumed study refuses another
-supernet.
+``prepare_supernets`` loads one file as ``prepare_supernet`` does, or several: a supernet split by
+op kind (``nas.supernet.split``), each file over a restriction of the space. ``file_digest`` names
+the weights a study's scores came from, so a resumed study refuses another supernet;
+``supernet_tag`` names all the files' weights in a score cache.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,10 +22,13 @@ from nas.supernet.checkpoint import load_supernet
 from nas.supernet.net import Supernet, SupernetError
 from nas.supernet.provenance import check_held_out
 from nas.supernet.score import DEFAULT_SCORE_CONFIG
+from nas.supernet.split import pick, restriction_misfit
 from nas.supernet.train import SupernetTrainConfig, train_supernet
+from search_spaces import ArchSpec
 from search_spaces.space import SearchSpace
 
-__all__ = ["SUPERNET_FILE", "DEFAULT_BN_BATCHES", "file_digest", "prepare_supernet", "score_config"]
+__all__ = ["SUPERNET_FILE", "DEFAULT_BN_BATCHES", "file_digest", "supernet_tag", "prepare_supernet",
+           "prepare_supernets", "score_config"]
 
 SUPERNET_FILE = "supernet.pt"  # where nas-search trains the supernet in --out
 DEFAULT_BN_BATCHES = 20  # training batches a candidate's BN statistics are recalibrated on
@@ -35,6 +41,12 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def supernet_tag(paths: Sequence[str | Path], bn_batches: int) -> str:
+    """``@<digest>/bn<batches>``, the digests of several files joined by ``+`` in their order: what a supernet
+    proxy's name carries in a score cache, so the scores of other weights (or another split) are never reused."""
+    return f"@{'+'.join(file_digest(p) for p in paths)}/bn{bn_batches}"
 
 
 def prepare_supernet(space: SearchSpace, data: ProxyData, path: str | Path, device: str | torch.device,
@@ -61,11 +73,50 @@ def prepare_supernet(space: SearchSpace, data: ProxyData, path: str | Path, devi
             raise SupernetError(f"supernet {str(path)!r} was trained over the space {supernet.space.name!r} (digest "
                                 f"{supernet.space.digest()}), but the search is over {space.name!r} "
                                 f"(digest {space.digest()}); give the --space it was trained over")
-        if supernet.trained_on is None:
-            raise SupernetError(f"supernet {str(path)!r} holds no record of the data it was trained on, so its "
-                                f"held-out split cannot be checked; train it with nas-search --proxy supernet")
+        _check_record(supernet, path)
     check_held_out(supernet, data)  # the data fits, and its held-out split was not trained on
     return supernet.to(device).eval()
+
+
+def _check_record(supernet: Supernet, path: str | Path) -> None:
+    if supernet.trained_on is None:
+        raise SupernetError(f"supernet {str(path)!r} holds no record of the data it was trained on, so its "
+                            f"held-out split cannot be checked; train it with nas-search --proxy supernet")
+
+
+def prepare_supernets(space: SearchSpace, data: ProxyData, paths: Sequence[str | Path], device: str | torch.device,
+                      archs: Sequence[ArchSpec] = ()) -> list[Supernet]:
+    """The trained supernets at ``paths``, in eval mode on ``device``: one file as ``prepare_supernet`` loads
+    it, or the files of a split supernet (``nas.supernet.split``), each architecture scored by
+    ``pick(supernets, arch)``, the first file in the order given whose space admits it.
+
+    Several files are checked in this order, all before the first score: every file loads; each
+    one's space is ``space`` or a restriction of it (``restriction_misfit``) and it records its
+    training data; every one of ``archs`` is admitted by at least one file; each file's held-out
+    check holds (``check_held_out``).
+
+    Raises:
+        SupernetError: the first failed check, in one line naming the file or the architecture.
+    """
+    if len(paths) == 1:
+        return [prepare_supernet(space, data, paths[0], device)]
+    if not paths:
+        raise SupernetError("no supernet file given")
+    supernets = [load_supernet(path, device) for path in paths]
+    for path, supernet in zip(paths, supernets):
+        misfit = restriction_misfit(supernet.space, space)
+        if misfit is not None:
+            raise SupernetError(f"supernet {str(path)!r} is over the space {supernet.space.name!r}, which is not "
+                                f"{space.name!r} or a restriction of it: {misfit}")
+        _check_record(supernet, path)
+    for arch in archs:
+        pick(supernets, arch)
+    for path, supernet in zip(paths, supernets):
+        try:
+            check_held_out(supernet, data)
+        except SupernetError as exc:
+            raise SupernetError(f"supernet {str(path)!r}: {exc}") from None
+    return [supernet.to(device).eval() for supernet in supernets]
 
 
 def score_config(trainer: TrainConfig, seed: int) -> TrainConfig:
