@@ -1,5 +1,5 @@
 """The supernet split by op kind (few-shot NAS): the sub-spaces, the inherited weights, the split's training and
-its resume, picking the admitting sub-supernet, and nas-proxy-check --supernet A.pt,B.pt,C.pt."""
+its resume, picking the admitting sub-supernet, and nas-proxy-check and nas-search --supernet A.pt,B.pt,C.pt."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,12 +9,17 @@ import math
 import random
 from pathlib import Path
 
+import optuna
 import pytest
 import test_supernet
 import torch
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
 
 from nas.cli.proxy_check import main as proxy_check
 from nas.cli.proxy_check import parse_config
+from nas.cli.search import main as search
+from nas.cli.search import parse_config as parse_search
 from nas.fidelity.check import sample_archs
 from nas.proxy import DataConfig, load_data
 from nas.supernet import (
@@ -40,6 +45,7 @@ from nas.supernet import (
 )
 from nas.supernet.provenance import trained_on
 from nas.supernet.proxy import score_config
+from nas.supernet.split import coverage_misfit
 from search_spaces.space import SearchSpace, default_space
 
 TINY = test_supernet.TINY  # every op, kernel, SE and skip choice, a fraction of the width
@@ -349,3 +355,101 @@ def test_trained_on_is_what_the_split_files_record(split_files) -> None:
     for kind in OP_KINDS:
         stored = read_checkpoint(split_files[kind])["trained_on"]
         assert torch.equal(stored["train_index"], record["train_index"]), kind
+
+
+# ---------------------------------------------------------------- nas-search --supernet A.pt,B.pt,C.pt
+SEARCH = [*TASK, "--proxy", "supernet", "--supernet-bn-batches", "2", "--pruner", "none", "--quiet"]
+SUPPORTED = "coverage is checked for files that differ from the space only in the ops of one stage"
+
+
+def test_coverage_misfit_accepts_a_split_and_names_the_gap(tiny) -> None:
+    subs = {kind: sub_space(tiny, 2, kind) for kind in OP_KINDS}
+    assert coverage_misfit(list(subs.values()), tiny) is None
+    assert coverage_misfit([subs["mbconv"], subs["conv"], subs["dsconv"]], tiny) is None
+    assert coverage_misfit([subs["conv"], tiny], tiny) is None  # a whole supernet covers what the others leave
+    assert coverage_misfit([subs["conv"], subs["mbconv"]], tiny) == (
+        "stage 2 op 'dsconv' is in none of the 2 spaces (tiny-s2-conv, tiny-s2-mbconv)")
+    assert coverage_misfit([subs["mbconv"]], tiny) == "stage 2 op 'conv' is in none of the 1 spaces (tiny-s2-mbconv)"
+    assert coverage_misfit([], tiny) == "no space given"
+    assert coverage_misfit([*subs.values(), default_space()], tiny) == (
+        "space 'mnasnet' is not 'tiny' or a restriction of it: 7 stages, not 3")
+    # what it cannot decide: restrictions of two stages, or of another choice than the ops
+    with pytest.raises(SupernetError, match=f"the spaces tiny-s1-conv, tiny-s2-conv, .* restrict stages 1, 2 of "
+                                            f"'tiny': {SUPPORTED}"):
+        coverage_misfit([sub_space(tiny, 1, "conv"), *subs.values()], tiny)
+    narrow = SearchSpace.from_yaml(TINY.replace("name: tiny", "name: narrow").replace("filters: [16, 24]",
+                                                                                      "filters: [16]"))
+    with pytest.raises(SupernetError, match=f"the space 'narrow' restricts stage 2 filters of 'tiny': {SUPPORTED}"):
+        coverage_misfit([narrow, *subs.values()], tiny)
+
+
+def study(out: Path) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
+    return optuna.load_study(study_name="nas-search", storage=storage)
+
+
+def _seed_files(folder: Path) -> str:
+    """Two architectures of the proxy check's sample as YAML files, dsconv and mbconv at stage 4: seeded first,
+    the search scores with two different files of the split."""
+    archs = sample_archs(default_space(), 3, 0, 400e6, 4.0, False)
+    chosen = [archs[2], next(a for a in archs if a.stages[3].op == "mbconv")]
+    assert [a.stages[3].op for a in chosen] == ["dsconv", "mbconv"]
+    for i, arch in enumerate(chosen):
+        (folder / f"seed{i}.yaml").write_text(arch.to_yaml())
+    return ",".join(str(folder / f"seed{i}.yaml") for i in range(len(chosen)))
+
+
+def test_search_scores_each_trial_with_the_split_file_that_admits_it(split_files, tmp_path, capsys) -> None:
+    out = tmp_path / "search"
+    three = ",".join(str(split_files[k]) for k in OP_KINDS)
+    args = [*SEARCH, "--supernet", three, "--trials", "3", "--seed-arch", _seed_files(tmp_path), "--out", str(out)]
+    assert search(args) == 0
+    found = study(out)
+    assert found.user_attrs["supernet_digest"] == "+".join(digest(split_files[k]) for k in OP_KINDS)
+    done = [t for t in found.trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
+    space = default_space()
+    archs = [space.from_params(t.params) for t in done]
+    assert len(done) == 3 and {a.stages[3].op for a in archs} >= {"dsconv", "mbconv"}
+    cfg = parse_search(args)
+    data, trainer = load_data(cfg.data_config(cfg.seed)), cfg.train_config(cfg.seed)
+    for t, arch in zip(done, archs):
+        torch.manual_seed(cfg.seed)
+        own = score(load_supernet(split_files[arch.stages[3].op]), arch, data, bn_batches=2,
+                    config=score_config(trainer, cfg.seed), metric="accuracy")
+        assert t.user_attrs["accuracy"] == pytest.approx(own, abs=1e-9), t.number
+    # resuming with another supernet, another order of the split, or one of its files is refused, the study kept
+    journal = sha(out / "study.journal")
+    reordered = ",".join(str(split_files[k]) for k in reversed(OP_KINDS))
+    for other, says in [(str(split_files["base"]), "was made with supernet_digest="),
+                        (reordered, "was made with supernet_digest="),
+                        (str(split_files["conv"]), "was trained over the space 'mnasnet-s4-conv'")]:
+        capsys.readouterr()
+        assert search([*SEARCH, "--supernet", other, "--trials", "4", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert sha(out / "study.journal") == journal
+
+
+@pytest.mark.parametrize(("given", "says"), [
+    (lambda f: ["--supernet", f"{f['conv']},{f['mbconv']}"],
+     "do not cover the space 'mnasnet' (a search needs every architecture admitted by one of them): stage 4 op "
+     "'dsconv' is in none of the 2 spaces (mnasnet-s4-conv, mnasnet-s4-mbconv)"),
+    (lambda f: ["--supernet", _other_space_file(f)],
+     "supernet '{base}/tiny.pt' is over the space 'tiny', which is not 'mnasnet' or a restriction of it"),
+    (lambda f: ["--supernet", f"{f['conv']},{f['base'].parent / 'missing.pt'}"],
+     "supernet checkpoint '{base}/missing.pt' does not exist"),
+    (lambda f: ["--supernet", f"{f['conv']},,{f['mbconv']}"],
+     "--supernet must be one trained supernet file, or a comma list of the files of a split supernet, without "
+     "empty or repeated items, but got"),
+    (lambda f: ["--supernet", f"{f['conv']},{f['conv']}"], "without empty or repeated items"),
+    (lambda f: ["--proxy", "train", "--supernet", f"{f['conv']},{f['dsconv']},{f['mbconv']}"],
+     "--supernet must be given with --proxy supernet"),
+])
+def test_search_refuses_bad_split_files_in_one_line_before_the_study(split_files, given, says, tmp_path,
+                                                                     capsys) -> None:
+    out = tmp_path / "search"
+    assert search([*SEARCH, *given(split_files), "--trials", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nas-search: error: "), err
+    assert says.format(base=split_files["base"].parent) in err[0], err
+    assert not out.exists()

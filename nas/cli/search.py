@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--proxy", help=f"train (the proxy task), supernet (inherited weights of a weight-sharing "
                                    f"supernet), or {choices_help(ZC_NAMES, prefix='zc:')} (a zero-cost score at "
                                    "initialization stands in for accuracy) [train]")
-    g.add_argument("--supernet", help="with --proxy supernet: a trained supernet file [train one in OUT/supernet.pt "
-                                      "first; a rerun resumes it]")
+    g.add_argument("--supernet", help="with --proxy supernet: a trained supernet file, or A.pt,B.pt,...: the files of "
+                                      "a supernet split by op kind that together cover the space, each candidate "
+                                      "scored by the first whose space admits it (docs/supernet.md) [train one in "
+                                      "OUT/supernet.pt first; a rerun resumes it]")
     g.add_argument("--supernet-epochs", type=float, help="epochs of the supernet's training [10]")
     g.add_argument("--supernet-random-subnets", type=int, help="random members each supernet training step "
                                                                "trains besides the largest and the smallest [2]")
@@ -196,29 +198,34 @@ def _scored(score: Score) -> Train:
 
 
 def _supernet(cfg: SearchConfig, space: SearchSpace, data: ProxyData, tcfg: TrainConfig) -> tuple[Train, str]:
-    """``--proxy supernet``: train (or resume) the supernet in ``--out``, or load ``--supernet``; then a
-    ``train(arch, trial, seed)`` that scores with its inherited weights, and the digest of its file."""
+    """``--proxy supernet``: train (or resume) the supernet in ``--out``, or load ``--supernet`` (one file, or the
+    files of a split supernet, checked to cover the space); then a ``train(arch, trial, seed)`` that scores with
+    the inherited weights of the first file whose space admits the candidate, and the files' digest (one file's
+    own, several joined by ``+``)."""
     from nas.proxy.runtime import resolve_device
-    from nas.supernet import SupernetTrainConfig, score
-    from nas.supernet.proxy import SUPERNET_FILE, file_digest, prepare_supernet, score_config
+    from nas.supernet import SupernetTrainConfig, pick, score
+    from nas.supernet.proxy import SUPERNET_FILE, prepare_supernet, prepare_supernets, score_config, supernet_digest
 
-    path = Path(cfg.supernet) if cfg.supernet else cfg.out_dir / SUPERNET_FILE
-    recipe = None if cfg.supernet else SupernetTrainConfig(
-        epochs=cfg.supernet_epochs, random_subnets=cfg.supernet_random_subnets, batch_size=cfg.batch_size,
-        device=cfg.device, threads=cfg.threads, seed=cfg.seed)
-    if recipe is not None:
-        log.info("training the supernet in %s (%g epochs, %d random members per step; a rerun resumes it)", path,
-                 cfg.supernet_epochs, cfg.supernet_random_subnets)
-    supernet = prepare_supernet(space, data, path, resolve_device(cfg.device), recipe)
+    device = resolve_device(cfg.device)
+    paths: list[str | Path] = list(cfg.supernet_files)
+    if paths:
+        supernets = prepare_supernets(space, data, paths, device, cover=True)
+    else:
+        paths = [cfg.out_dir / SUPERNET_FILE]
+        recipe = SupernetTrainConfig(epochs=cfg.supernet_epochs, random_subnets=cfg.supernet_random_subnets,
+                                     batch_size=cfg.batch_size, device=cfg.device, threads=cfg.threads, seed=cfg.seed)
+        log.info("training the supernet in %s (%g epochs, %d random members per step; a rerun resumes it)",
+                 paths[0], cfg.supernet_epochs, cfg.supernet_random_subnets)
+        supernets = [prepare_supernet(space, data, paths[0], device, recipe)]
 
     def inherited(arch: ArchSpec, seed: int = cfg.seed) -> float:
         import torch
 
         torch.manual_seed(seed)  # the fine-tuning's dropout, when there is one
-        return score(supernet, arch, data, bn_batches=cfg.supernet_bn_batches,  # the same BN batches for every arch
-                     finetune_epochs=cfg.supernet_finetune, config=score_config(tcfg, cfg.seed),
+        return score(pick(supernets, arch), arch, data, bn_batches=cfg.supernet_bn_batches,  # the same BN batches
+                     finetune_epochs=cfg.supernet_finetune, config=score_config(tcfg, cfg.seed),  # for every arch
                      metric=cfg.supernet_score)
-    return _scored(inherited), file_digest(path)
+    return _scored(inherited), supernet_digest(paths)
 
 
 def _latency(cfg: SearchConfig) -> Callable[[ArchSpec], float]:

@@ -3,6 +3,7 @@ from nas.config.errors import ConfigError
 from nas.config.files import (
            MAX_SEED,
            SEED_EXPECTED,
+           SUPERNET_FILES_EXPECTED,
            check_types,
            config_fields,
            is_number,
@@ -12,6 +13,7 @@ from nas.config.files import (
            parse_count,
            public_dict,
            read_config_file,
+           supernet_files,
 )
 from nas.config.provenance import git_commit, provenance
 from nas.config.registry import Choices, Registry, choices_help
@@ -20,4 +22,4 @@ from nas.config.secrets import check_url, mask_url
 __all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "is_number", "is_whole",
            "ConfigError", "config_fields", "make_config", "parse_count",
            "public_dict", "read_config_file", "mask_url", "check_url", "check_types", "Choices", "Registry",
-           "choices_help", "git_commit", "provenance"]
+           "choices_help", "git_commit", "provenance", "SUPERNET_FILES_EXPECTED", "supernet_files"]

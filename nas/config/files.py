@@ -23,7 +23,7 @@ from nas.config.secrets import mask_url
 
 __all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "is_number", "is_whole",
            "ConfigError", "parse_count", "read_config_file", "make_config",
-           "check_types", "config_fields", "public_dict"]
+           "check_types", "config_fields", "public_dict", "SUPERNET_FILES_EXPECTED", "supernet_files"]
 
 
 T = TypeVar("T")
@@ -46,6 +46,18 @@ def is_number(value: object) -> bool:
 def is_whole(value: object) -> bool:
     """Whether ``value`` is an int (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# what a bad --supernet (nas-search, nas-proxy-check) is told was expected
+SUPERNET_FILES_EXPECTED = ("one trained supernet file, or a comma list of the files of a split supernet, without "
+                           "empty or repeated items")
+
+
+def supernet_files(value: str | None) -> tuple[str, ...] | None:
+    """The files of a ``--supernet`` value: one supernet, or the sub-supernets of a split supernet (a comma
+    list); () without a value, None for an empty or repeated item."""
+    files = tuple(item.strip() for item in str(value).split(",")) if value is not None else ()
+    return files if all(files) and len(set(files)) == len(files) else None
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from nas.config import SEED_EXPECTED, ConfigError, is_seed, make_config, parse_count
+from nas.config import (
+    SEED_EXPECTED,
+    SUPERNET_FILES_EXPECTED,
+    ConfigError,
+    is_seed,
+    make_config,
+    parse_count,
+    supernet_files,
+)
 from nas.proxy.config import ProxyTaskConfig, proxy_fields
 
 __all__ = ["DEFAULT_PROXIES", "TASK_FIELDS", "ZC_BATCHES", "CheckConfig", "format_epochs", "is_supernet_method",
@@ -119,9 +127,7 @@ class CheckConfig:
             ("out", isinstance(self.out, str) and bool(self.out.strip()), "a folder path"),
             ("supernet", self.supernet is None or (bool(str(self.supernet).strip()) and self.uses_supernet),
              "given only with --proxies supernet, supernet-loss or supernet+ft:EPOCHS, as a trained supernet file"),
-            ("supernet", self.supernet is None or self._supernet_list_ok(),
-             "one trained supernet file, or a comma list of the files of a split supernet, without empty or "
-             "repeated items"),
+            ("supernet", supernet_files(self.supernet) is not None, SUPERNET_FILES_EXPECTED),
             ("supernet_bn_batches", isinstance(self.supernet_bn_batches, int) and self.supernet_bn_batches >= 0,
              "a whole number of batches >= 0"),
         )
@@ -144,13 +150,8 @@ class CheckConfig:
 
     @property
     def supernet_files(self) -> tuple[str, ...]:
-        """The files of ``--supernet``: one supernet, or the sub-supernets of a split supernet (each candidate
-        is scored by the first whose space admits it); empty without ``--supernet``."""
-        return tuple(item.strip() for item in str(self.supernet).split(",")) if self.supernet is not None else ()
-
-    def _supernet_list_ok(self) -> bool:
-        files = self.supernet_files
-        return all(files) and len(set(files)) == len(files)
+        """The files of ``--supernet`` (``nas.config.supernet_files``); empty without it."""
+        return supernet_files(self.supernet) or ()
 
     @property
     def uses_supernet(self) -> bool:

@@ -9,7 +9,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nas.config import SEED_EXPECTED, Choices, ConfigError, is_number, is_seed, parse_count
+from nas.config import (
+    SEED_EXPECTED,
+    SUPERNET_FILES_EXPECTED,
+    Choices,
+    ConfigError,
+    is_number,
+    is_seed,
+    parse_count,
+    supernet_files,
+)
 from nas.proxy.config import ProxyTaskConfig
 from nas.proxy.zero_cost import ZC_PROXIES
 from nas.search.study import PRUNER_REGISTRY, SAMPLER_REGISTRY
@@ -77,7 +86,8 @@ class SearchConfig(StudyConfig):
     latency_table: str | None = None  # cache file of the per-layer table [in --out]
     # proxy task
     proxy: str = "train"  # or "zc:NAME": a zero-cost score at initialization; "supernet": inherited weights
-    supernet: str | None = None  # a trained supernet (--proxy supernet); None: train one in --out first
+    supernet: str | None = None  # a trained supernet (--proxy supernet), or a comma list: a split supernet;
+    # None: train one in --out first
     supernet_epochs: float = 10.0  # its training when nas-search trains it
     supernet_random_subnets: int = 2  # random members per training step besides the largest and smallest
     supernet_bn_batches: int = 20  # training batches a candidate's BN statistics are recalibrated on
@@ -111,6 +121,7 @@ class SearchConfig(StudyConfig):
             ("proxy", self.proxy in PROXIES, f"one of {', '.join(PROXIES)}"),
             ("supernet", self.supernet is None or (self.proxy == "supernet" and bool(str(self.supernet).strip())),
              "given with --proxy supernet, as the path of a trained supernet"),
+            ("supernet", supernet_files(self.supernet) is not None, SUPERNET_FILES_EXPECTED),
             ("supernet_epochs", is_number(self.supernet_epochs) and self.supernet_epochs > 0, "a number of epochs > 0"),
             ("supernet_random_subnets", isinstance(self.supernet_random_subnets, int)
              and self.supernet_random_subnets >= 0, "a whole number of subnets >= 0"),
@@ -138,6 +149,11 @@ class SearchConfig(StudyConfig):
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')} must be {expected}, but got {getattr(self, name)!r}")
         super().__post_init__()  # the controller's and the proxy task's own checks
+
+    @property
+    def supernet_files(self) -> tuple[str, ...]:
+        """The files of ``--supernet`` (``nas.config.supernet_files``); empty without it."""
+        return supernet_files(self.supernet) or ()
 
     @property
     def prescreen_counts(self) -> tuple[int, int] | None:

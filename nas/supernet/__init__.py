@@ -13,6 +13,7 @@ from nas.supernet.net import Supernet, SupernetError
 from nas.supernet.score import DEFAULT_SCORE_CONFIG, extract_model, score, supernet_score_fn
 from nas.supernet.split import (
     OP_KINDS,
+    coverage_misfit,
     inherit,
     op_kind,
     pick,
@@ -52,4 +53,5 @@ __all__ = [
     "split_path",
     "split_supernet",
     "pick",
+    "coverage_misfit",
 ]

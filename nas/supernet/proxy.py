@@ -4,8 +4,9 @@
 rerun of the command does) or loads a trained one, and checks it against the search before the
 first trial: the same space, a record of its training data, and a held-out split it never saw.
 ``prepare_supernets`` loads one file as ``prepare_supernet`` does, or several: a supernet split by
-op kind (``nas.supernet.split``), each file over a restriction of the space. ``file_digest`` names
-the weights a study's scores came from, so a resumed study refuses another supernet;
+op kind (``nas.supernet.split``), each file over a restriction of the space (for a search, together
+covering it). ``supernet_digest`` names the weights a study's scores came from (one file's
+``file_digest``, several joined), so a resumed study refuses another supernet or another split;
 ``supernet_tag`` names all the files' weights in a score cache.
 """
 from __future__ import annotations
@@ -22,13 +23,13 @@ from nas.supernet.checkpoint import load_supernet
 from nas.supernet.net import Supernet, SupernetError
 from nas.supernet.provenance import check_held_out
 from nas.supernet.score import DEFAULT_SCORE_CONFIG
-from nas.supernet.split import pick, restriction_misfit
+from nas.supernet.split import coverage_misfit, pick, restriction_misfit
 from nas.supernet.train import SupernetTrainConfig, train_supernet
 from search_spaces import ArchSpec
 from search_spaces.space import SearchSpace
 
-__all__ = ["SUPERNET_FILE", "DEFAULT_BN_BATCHES", "file_digest", "supernet_tag", "prepare_supernet",
-           "prepare_supernets", "score_config"]
+__all__ = ["SUPERNET_FILE", "DEFAULT_BN_BATCHES", "file_digest", "supernet_digest", "supernet_tag",
+           "prepare_supernet", "prepare_supernets", "score_config"]
 
 SUPERNET_FILE = "supernet.pt"  # where nas-search trains the supernet in --out
 DEFAULT_BN_BATCHES = 20  # training batches a candidate's BN statistics are recalibrated on
@@ -43,10 +44,16 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def supernet_digest(paths: Sequence[str | Path]) -> str:
+    """The ``file_digest`` of one file; of several (a split supernet), their digests joined by ``+`` in their order.
+    What a study records, so resuming it with other weights (or another split) is refused."""
+    return "+".join(file_digest(p) for p in paths)
+
+
 def supernet_tag(paths: Sequence[str | Path], bn_batches: int) -> str:
-    """``@<digest>/bn<batches>``, the digests of several files joined by ``+`` in their order: what a supernet
-    proxy's name carries in a score cache, so the scores of other weights (or another split) are never reused."""
-    return f"@{'+'.join(file_digest(p) for p in paths)}/bn{bn_batches}"
+    """``@<supernet_digest>/bn<batches>``: what a supernet proxy's name carries in a score cache, so the scores of
+    other weights (or another split) are never reused."""
+    return f"@{supernet_digest(paths)}/bn{bn_batches}"
 
 
 def prepare_supernet(space: SearchSpace, data: ProxyData, path: str | Path, device: str | torch.device,
@@ -85,18 +92,20 @@ def _check_record(supernet: Supernet, path: str | Path) -> None:
 
 
 def prepare_supernets(space: SearchSpace, data: ProxyData, paths: Sequence[str | Path], device: str | torch.device,
-                      archs: Sequence[ArchSpec] = ()) -> list[Supernet]:
+                      archs: Sequence[ArchSpec] = (), *, cover: bool = False) -> list[Supernet]:
     """The trained supernets at ``paths``, in eval mode on ``device``: one file as ``prepare_supernet`` loads
     it, or the files of a split supernet (``nas.supernet.split``), each architecture scored by
     ``pick(supernets, arch)``, the first file in the order given whose space admits it.
 
     Several files are checked in this order, all before the first score: every file loads; each
     one's space is ``space`` or a restriction of it (``restriction_misfit``) and it records its
-    training data; every one of ``archs`` is admitted by at least one file; each file's held-out
-    check holds (``check_held_out``).
+    training data; with ``cover`` (a search, which samples the whole space), every architecture of
+    ``space`` is admitted by at least one file (``coverage_misfit``); every one of ``archs`` is
+    admitted by at least one file; each file's held-out check holds (``check_held_out``).
 
     Raises:
-        SupernetError: the first failed check, in one line naming the file or the architecture.
+        SupernetError: the first failed check, in one line naming the file or the architecture (or
+            the files, with ``cover``).
     """
     if len(paths) == 1:
         return [prepare_supernet(space, data, paths[0], device)]
@@ -109,6 +118,8 @@ def prepare_supernets(space: SearchSpace, data: ProxyData, paths: Sequence[str |
             raise SupernetError(f"supernet {str(path)!r} is over the space {supernet.space.name!r}, which is not "
                                 f"{space.name!r} or a restriction of it: {misfit}")
         _check_record(supernet, path)
+    if cover:
+        _check_cover(space, paths, supernets)
     for arch in archs:
         pick(supernets, arch)
     for path, supernet in zip(paths, supernets):
@@ -117,6 +128,17 @@ def prepare_supernets(space: SearchSpace, data: ProxyData, paths: Sequence[str |
         except SupernetError as exc:
             raise SupernetError(f"supernet {str(path)!r}: {exc}") from None
     return [supernet.to(device).eval() for supernet in supernets]
+
+
+def _check_cover(space: SearchSpace, paths: Sequence[str | Path], supernets: Sequence[Supernet]) -> None:
+    files = ", ".join(repr(str(path)) for path in paths)
+    what = f"do not cover the space {space.name!r} (a search needs every architecture admitted by one of them)"
+    try:
+        gap = coverage_misfit([supernet.space for supernet in supernets], space)
+    except SupernetError as exc:  # a combination the check cannot decide
+        gap, what = str(exc), f"cannot be told to cover the space {space.name!r}"
+    if gap is not None:
+        raise SupernetError(f"the supernets {files} {what}: {gap}")
 
 
 def score_config(trainer: TrainConfig, seed: int) -> TrainConfig:

@@ -5,8 +5,9 @@ the op kind of one stage, each sub-supernet is a supernet over a restriction of 
 (``sub_space``: that stage offers only the ops of one kind), starts from the one-shot weights
 (``inherit``: its tensors are a subset of the base's, at the same shapes) and trains on over its
 own architectures alone (``split_supernet``, written beside the base and resumed on a rerun).
-``pick`` scores an architecture with the first sub-supernet whose space admits it, and
-``restriction_misfit`` tells whether a space is a restriction of another. See docs/supernet.md.
+``pick`` scores an architecture with the first sub-supernet whose space admits it,
+``restriction_misfit`` tells whether a space is a restriction of another, and ``coverage_misfit`` whether
+some restrictions together admit every architecture of the space (as a search needs). See docs/supernet.md.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from nas.supernet.train import SupernetTrainConfig, SupernetTrainResult, train_s
 from search_spaces import ArchSpec, yaml_safe
 from search_spaces.space import SearchSpace, SpaceError, StageChoices
 
-__all__ = ["OP_KINDS", "op_kind", "sub_space", "restriction_misfit", "inherit", "split_supernet", "split_path",
-           "pick"]
+__all__ = ["OP_KINDS", "op_kind", "sub_space", "restriction_misfit", "coverage_misfit", "inherit", "split_supernet",
+           "split_path", "pick"]
 
 # The op kinds of a stage, each with the MnasNet space's ops of that kind: mbconv<e> (any e) nest and share one
 # set of weights per layer slot, so they are one kind; conv and dsconv have their own. The kinds are the
@@ -96,6 +97,59 @@ def restriction_misfit(sub: SearchSpace, space: SearchSpace) -> str | None:
             extra = [v for v in getattr(a, key) if v not in getattr(b, key)]
             if extra:
                 return f"stage {i} {key} has {extra[0]!r}, not one of {list(getattr(b, key))}"
+    return None
+
+
+def _restricted(sub: SearchSpace, space: SearchSpace) -> dict[int, list[str]]:
+    """The stages (1-based) where the restriction ``sub`` of ``space`` offers fewer choices, each with those choices'
+    names (``ops``, ``kernels``, ...)."""
+    found: dict[int, list[str]] = {}
+    for i, (a, b) in enumerate(zip(sub.stages, space.stages), 1):
+        keys = [key for key in _CHOICES if set(getattr(a, key)) != set(getattr(b, key))]
+        if keys:
+            found[i] = keys
+    return found
+
+
+def coverage_misfit(spaces: Sequence[SearchSpace], space: SearchSpace) -> str | None:
+    """None when every architecture of ``space`` is admitted by at least one of ``spaces``, else the first gap, in
+    words (``stage 4 op 'dsconv' is in none of the 2 spaces (...)``).
+
+    Each of ``spaces`` must be ``space`` or a restriction of it (else its ``restriction_misfit`` is the gap). The
+    check is exact for the combinations a split makes: one of ``spaces`` is ``space`` itself, or all of them
+    differ from ``space`` in the ops of one stage alone (the files of ``split_supernet``, or some of them); they
+    then cover ``space`` when that stage's ops, over all of them, are ``space``'s.
+
+    Raises:
+        SupernetError: another combination (restrictions of several stages, or of other choices than the ops),
+            which this check cannot decide; the message says what is supported.
+    """
+    if not spaces:
+        return "no space given"
+    for sub in spaces:
+        misfit = restriction_misfit(sub, space)
+        if misfit is not None:
+            return f"space {sub.name!r} is not {space.name!r} or a restriction of it: {misfit}"
+    restricted = [_restricted(sub, space) for sub in spaces]
+    if not all(restricted):
+        return None  # one of them is the whole space
+    supported = ("coverage is checked for files that differ from the space only in the ops of one stage (a split "
+                 "by op kind, as split_supernet writes), or with a file over the whole space among them")
+    stages = sorted({i for found in restricted for i in found})
+    if len(stages) > 1:
+        raise SupernetError(f"the spaces {', '.join(sub.name for sub in spaces)} restrict stages "
+                            f"{', '.join(map(str, stages))} of {space.name!r}: {supported}")
+    stage = stages[0]
+    for sub, found in zip(spaces, restricted):
+        other = [key for key in found[stage] if key != "ops"]
+        if other:
+            raise SupernetError(f"the space {sub.name!r} restricts stage {stage} {other[0]} of {space.name!r}: "
+                                f"{supported}")
+    offered = {op for sub in spaces for op in sub.stages[stage - 1].ops}
+    missing = [op for op in space.stages[stage - 1].ops if op not in offered]
+    if missing:
+        return (f"stage {stage} op {missing[0]!r} is in none of the {len(spaces)} spaces "
+                f"({', '.join(sub.name for sub in spaces)})")
     return None
 
 
