@@ -183,6 +183,7 @@ def test_recalibrate_bn_computes_the_exact_average_of_batch_statistics() -> None
     assert bn.momentum == 0.01 and model.training
 
 
+@pytest.mark.slow  # ~60 s: B0 trained 2 epochs on 2,000 images
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_b0_with_tf_bn_momentum_evaluates_at_chance_unless_recalibrated() -> None:
     """B0 (BN momentum 0.01) after ~1 epoch: stale running statistics give chance accuracy."""
