@@ -327,3 +327,42 @@ def test_a_cache_written_by_the_previous_release_is_reused(tmp_path, capsys, one
     # the report of the previous release, from the same scores
     assert (out / "results.csv").read_text() == (FIXTURES / "results.csv").read_text()
     assert "zc:synflow" in stdout and "train:0.25" in stdout
+
+
+# -- scripts/restore_proxy_reference.py ----------------------------------------------------------------------------
+RESTORE = Path(__file__).resolve().parents[1] / "scripts" / "restore_proxy_reference.py"
+
+
+def _restore(csv_path: Path, out: Path):
+    import subprocess
+
+    return subprocess.run([sys.executable, str(RESTORE), str(csv_path), "--", *FAST, "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_restored_reference_is_not_trained_again_and_gives_the_same_table(first_run, tmp_path, capsys,
+                                                                              one_thread):
+    out = tmp_path / "fresh"
+    done = _restore(first_run / "results.csv", out)
+    assert done.returncode == 0, done.stderr
+    code, table, _ = _run(capsys, *FAST, "--out", str(out))
+    assert code == 0 and "Kendall tau" in table
+    assert _summary(out)["scores"] == {"needed": 3 * K, "computed_this_run": K, "reused": 2 * K}  # the proxy only
+    ours, theirs = _summary(out), _summary(first_run)
+    assert ours["proxies"]["train:0.25"]["kendall_tau"] == theirs["proxies"]["train:0.25"]["kendall_tau"]
+    assert ours["seed_to_seed"]["kendall_tau"] == theirs["seed_to_seed"]["kendall_tau"]
+
+
+def test_restoring_refuses_a_row_that_does_not_match_and_an_existing_cache(first_run, tmp_path):
+    rows = list(csv.DictReader((first_run / "results.csv").open()))
+    rows[1]["arch"] = rows[2]["arch"]
+    bad = tmp_path / "bad.csv"
+    with bad.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    done = _restore(bad, tmp_path / "a")
+    assert done.returncode == 2 and f"{rows[1]['name']}: no row of that name and architecture" in done.stderr
+    assert not (tmp_path / "a").exists()
+    done = _restore(first_run / "results.csv", first_run)
+    assert done.returncode == 2 and "exists: give a new --out" in done.stderr
