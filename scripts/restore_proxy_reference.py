@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
     if "--" not in argv or argv.index("--") != 1:
         print("usage: restore_proxy_reference.py RESULTS.csv -- NAS-PROXY-CHECK FLAGS", file=sys.stderr)
         return 2
-    rows = {r["name"]: r for r in csv.DictReader(open(argv[0], newline=""))}
+    with open(argv[0], newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
     cfg = parse_config(argv[2:])
     archs = sample_archs(default_space(), cfg.archs, cfg.seed, cfg.target_flops, cfg.flops_band, cfg.include_b0)
     path = cfg.out_dir / CACHE_NAME
