@@ -126,7 +126,9 @@ class GroupedJournalStorage(JournalStorage):
     What another process reads is unchanged at every step it can see: the held lines are in the file
     before this process's next write, read or end of trial (``tell`` writes the state), so a worker
     killed mid-trial loses only what a trial that had not yet reached that step holds. A trial that is
-    not there or finished is refused at once, as Optuna refuses it. Overrides ``_write_log`` and
+    not there or finished is refused at once, as Optuna refuses it; a parameter whose distribution
+    conflicts with the study's earlier trials is refused by the next append's read-back (Optuna: at
+    the write itself), so its error comes from that next call. Overrides ``_write_log`` and
     ``_sync_with_backend`` and reads ``_replay_result``: Optuna's journal has no write of several logs.
     """
 
