@@ -3,7 +3,9 @@ inherited weights; nas-proxy-check ranks with it; a supernet is never scored on 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import importlib
 import json
 from pathlib import Path
 
@@ -11,14 +13,25 @@ import numpy as np
 import optuna
 import pytest
 import torch
+import torch.nn.functional as F
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from nas.cli.proxy_check import main as proxy_check
 from nas.cli.search import main as search
-from nas.proxy import DataConfig, TrainConfig, evaluate, load_data
-from nas.supernet import SupernetError, load_supernet, read_checkpoint
+from nas.proxy import (
+    DataConfig,
+    ProxyData,
+    TrainConfig,
+    evaluate,
+    fold_bn,
+    load_data,
+    recalibrate_bn,
+    torch_threads,
+)
+from nas.supernet import SupernetError, extract_model, load_supernet, read_checkpoint, score
 from nas.supernet.provenance import check_held_out
+from nas.supernet.proxy import supernet_tag
 from search_spaces import build_model, resolve_arch
 from search_spaces.space import default_space
 
@@ -152,6 +165,12 @@ def test_a_supernet_is_not_scored_on_a_split_holding_its_training_images(searche
     (["--supernet-score", "top5"], "--supernet-score must be one of accuracy, likelihood, but got 'top5'"),
     (["--supernet-score", "likelihood", "--supernet-finetune", "0.1"],
      "--supernet-score must be accuracy with --supernet-finetune"),
+    (["--supernet-val-images", "-1"],
+     "--supernet-val-images must be a whole number of held-out images >= 0 (0: all of them), but got -1"),
+    (["--val-size", "100", "--supernet-val-images", "101"],
+     "--supernet-val-images must be at most the 100 held-out images that --val-size leaves, but got 101"),
+    (["--supernet-val-images", "50", "--supernet-finetune", "0.1"],
+     "--supernet-val-images must be 0 with --supernet-finetune"),
 ])
 def test_bad_supernet_options_are_refused_in_one_line(args, says, tmp_path, capsys) -> None:
     out = tmp_path / "run"
@@ -201,8 +220,130 @@ def test_proxy_check_ranks_with_inherited_and_fine_tuned_weights(searched, tmp_p
     (["--proxies", "supernet-loss:2"], "expected train:EPOCHS (like train:1), zc:NAME (like zc:synflow), supernet, "
                                        "supernet-loss or supernet+ft:EPOCHS"),
     (["--proxies", "supernet", "--supernet", "missing.pt"], "does not exist"),
+    (["--proxies", "supernet", "--supernet", "x.pt", "--supernet-val-images", "-1"],
+     "--supernet-val-images must be a whole number of held-out images >= 0 (0: all of them), but got -1"),
+    (["--proxies", "supernet", "--supernet", "x.pt", "--val-size", "100", "--supernet-val-images", "101"],
+     "--supernet-val-images must be at most the 100 held-out images that --val-size leaves, but got 101"),
+    (["--proxies", "supernet+ft:0.1", "--supernet", "x.pt", "--supernet-val-images", "50"],
+     "--supernet-val-images must be 0 with --proxies supernet+ft:EPOCHS"),
 ])
 def test_proxy_check_refuses_bad_supernet_options(args, says, tmp_path, capsys) -> None:
     assert proxy_check([*TASK, "--archs", "3", *args, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+def digits() -> ProxyData:
+    return load_data(DataConfig(name="digits", train_size=256, resolution=16, seed=0))
+
+
+def test_fold_bn_folds_every_conv_bn_pair_into_the_conv_with_the_same_outputs() -> None:
+    torch.manual_seed(0)
+    model = build_model(resolve_arch("efficientnet-b0"), num_classes=10, in_chans=3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    with pytest.raises(ValueError, match="training mode"):
+        fold_bn(model.train())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        folded = fold_bn(model)
+        assert folded is model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert torch.allclose(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_folded_scoring_equals_the_unfolded_evaluation(searched, monkeypatch) -> None:
+    folded: list[bool] = []
+
+    def spy(model: torch.nn.Module) -> torch.nn.Module:
+        out = fold_bn(model)
+        folded.append(not any(isinstance(m, torch.nn.BatchNorm2d) for m in out.modules()))
+        return out
+
+    module = importlib.import_module("nas.supernet.score")  # the attribute nas.supernet.score is the function
+    monkeypatch.setattr(module, "fold_bn", spy)
+    supernet, data, space = load_supernet(searched / "supernet.pt"), digits(), default_space()
+    config = TrainConfig(batch_size=64, device="cpu", threads=1)
+    for arch in (resolve_arch("efficientnet-b0"), space.from_params(trials(searched)[1].params)):
+        loss = score(supernet, arch, data, bn_batches=2, config=config, metric="loss")
+        accuracy = score(supernet, arch, data, bn_batches=2, config=config)
+        with torch_threads(1):  # as score() runs it: many threads on a small, busy machine take 50x longer
+            top1, _, unfolded = evaluate(extract_model(supernet, arch), data,
+                                         dataclasses.replace(config, bn_recalibrate_batches=2),
+                                         device=torch.device("cpu"))
+        assert loss == pytest.approx(-unfolded, rel=1e-5)
+        assert abs(accuracy - top1) * data.num_val <= 1 + 1e-9
+    assert folded == [True] * 4
+
+
+def test_val_images_scores_the_first_held_out_images(searched) -> None:
+    supernet, data, arch = load_supernet(searched / "supernet.pt"), digits(), resolve_arch("efficientnet-b0")
+    config = TrainConfig(batch_size=64, device="cpu", threads=1)
+    model = extract_model(supernet, arch)  # the reference, by hand: recalibrate, then the first 50 images
+    x, y = next(data.batches("val", data.num_val))
+    with torch_threads(1), torch.no_grad():
+        recalibrate_bn(model, data.batches("calib", 64, seed=config.seed), 2)
+        logits = model.eval()(x[:50])
+    loss = score(supernet, arch, data, bn_batches=2, config=config, metric="loss", val_images=50)
+    accuracy = score(supernet, arch, data, bn_batches=2, config=config, val_images=50)
+    assert loss == pytest.approx(-F.cross_entropy(logits, y[:50]).item(), rel=1e-5)
+    assert abs(accuracy * 50 - (logits.argmax(1) == y[:50]).sum().item()) <= 1 + 1e-9
+    assert score(supernet, arch, data, bn_batches=2, config=config, val_images=data.num_val) == \
+        score(supernet, arch, data, bn_batches=2, config=config)
+    too_many = data.num_val + 1
+    with pytest.raises(SupernetError, match=rf"val_images must be .* in 0\.\.{data.num_val} .* but got {too_many}$"):
+        score(supernet, arch, data, bn_batches=2, config=config, val_images=too_many)
+    with pytest.raises(SupernetError, match="val_images must be 0 with fine-tuning"):
+        score(supernet, arch, data, bn_batches=2, config=config, val_images=10, finetune_epochs=0.1)
+
+
+def test_val_batches_with_a_limit_read_the_first_images_sharded_as_before() -> None:
+    data = digits()
+    labels = torch.cat([y for _, y in data.batches("val", 16, limit=37)])
+    assert torch.equal(labels, data.val.labels[:37])
+    shards = [data.shard("val", rank=r, world_size=2, limit=37) for r in range(2)]
+    assert torch.equal(shards[0], torch.arange(0, 37, 2)) and torch.equal(shards[1], torch.arange(1, 37, 2))
+    for r in range(2):
+        got = torch.cat([y for _, y in data.batches("val", 16, rank=r, world_size=2, limit=37)])
+        assert torch.equal(got, data.val.labels[shards[r]])
+    assert torch.equal(data.shard("val", limit=data.num_val + 5), torch.arange(data.num_val))
+    with pytest.raises(ValueError, match="'val' split only"):
+        data.shard("calib", limit=10)
+
+
+def test_a_study_keeps_its_held_out_images_and_an_older_study_resumes_with_all(searched, tmp_path, capsys) -> None:
+    storage = JournalStorage(JournalFileBackend(str(searched / "study.journal")))
+    assert "supernet_val_images" not in optuna.load_study(study_name="nas-search", storage=storage).user_attrs
+    journal = sha(searched / "study.journal")
+    assert search([*SEARCH, "--supernet-val-images", "40", "--trials", "4", "--out", str(searched)]) == 2
+    assert "was made with supernet_val_images=0, but this run has supernet_val_images=40" in last_line(capsys)
+    assert sha(searched / "study.journal") == journal
+    assert search([*SEARCH, "--supernet-val-images", "0", "--trials", "4", "--seed-arch", "efficientnet-b0",
+                   "--out", str(searched)]) == 0  # an older study: no key means all the images
+    out = tmp_path / "v40"
+    given = [*SEARCH, "--supernet", str(searched / "supernet.pt"), "--trials", "2", "--out", str(out)]
+    assert search([*given, "--supernet-val-images", "40"]) == 0
+    done = [t for t in trials(out) if t.state == TrialState.COMPLETE]
+    assert done and all(t.user_attrs["accuracy"] * 40 == pytest.approx(round(t.user_attrs["accuracy"] * 40))
+                        for t in done)  # hits out of 40 images
+    journal = sha(out / "study.journal")
+    for other in (["--supernet-val-images", "20"], []):
+        assert search([*given, *other, "--trials", "3"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "was made with supernet_val_images=40" in err[0], err
+    assert sha(out / "study.journal") == journal
+
+
+def test_the_score_cache_tag_names_the_held_out_images_only_when_limited(searched, tmp_path) -> None:
+    path = searched / "supernet.pt"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert supernet_tag([path], 2) == supernet_tag([path], 2, 0) == f"@{digest}/bn2"  # old caches stay valid
+    assert supernet_tag([path], 2, 30) == f"@{digest}/bn2/v30"
+    out = tmp_path / "check"
+    assert proxy_check([*TASK, "--archs", "3", "--proxies", "supernet-loss", "--reference-epochs", "0.1",
+                        "--reference-seeds", "1", "--supernet", str(path), "--supernet-bn-batches", "2",
+                        "--supernet-val-images", "30", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()[1:]]
+    assert {r["method"] for r in records} == {f"supernet-loss@{digest}/bn2/v30", "train:0.1"}

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "each candidate scored by the first whose space admits it (docs/supernet.md)")
     g.add_argument("--supernet-bn-batches", type=int, help="training batches each candidate's BN statistics are "
                                                            "recalibrated on [20]")
+    g.add_argument("--supernet-val-images", type=int, help="score each candidate on the first N held-out images "
+                                                           "(0: all) [0]")
     g.add_argument("--reference-epochs", type=float, help="epochs of the reference training [5]")
     g.add_argument("--reference-seeds", type=int, help="reference runs per architecture, one per seed [2]")
     g = p.add_argument_group("proxy task (as nas-search)")
@@ -105,7 +107,7 @@ def run(cfg: CheckConfig) -> int:
     archs = sample_archs(default_space(), cfg.archs, cfg.seed, cfg.target_flops, cfg.flops_band, cfg.include_b0)
     data_cfg, trainer = cfg.task.data_config(cfg.seed), cfg.task.train_config(cfg.seed)
     data = load_data(data_cfg)
-    cfg.task.check_data(data)
+    cfg.check_data(data)  # before the first score
     stored, scorers = _supernet_scorers(cfg, data, trainer, device, archs) if cfg.uses_supernet else ({}, {})
     items = plan_items(cfg, archs, stored)
     out.mkdir(parents=True, exist_ok=True)  # every input has been checked; an existing cache is left as it is
@@ -130,9 +132,9 @@ def run(cfg: CheckConfig) -> int:
 
 def _supernet_scorers(cfg: CheckConfig, data: ProxyData, trainer: TrainConfig, device: torch.device,
                       archs: Sequence[ArchSpec]) -> tuple[dict[str, str], dict[str, Scorer]]:
-    """The supernet proxies: each one's name in the cache (with the digests of the supernet's files and the BN
-    batches) and scorer. Several files are a split supernet: each architecture is scored by the first whose
-    space admits it, and every file is checked before the first score."""
+    """The supernet proxies: each one's name in the cache (with the digests of the supernet's files, the BN
+    batches and the held-out images) and scorer. Several files are a split supernet: each architecture is scored
+    by the first whose space admits it, and every file is checked before the first score."""
     import torch
 
     from nas.supernet import pick, score
@@ -140,7 +142,7 @@ def _supernet_scorers(cfg: CheckConfig, data: ProxyData, trainer: TrainConfig, d
     from search_spaces import default_space
 
     supernets = prepare_supernets(default_space(), data, cfg.supernet_files, device, archs)
-    tag = supernet_tag(cfg.supernet_files, cfg.supernet_bn_batches)
+    tag = supernet_tag(cfg.supernet_files, cfg.supernet_bn_batches, cfg.supernet_val_images)
 
     def scorer(method: str) -> Scorer:
         finetune = float(method.partition(":")[2] or 0)
@@ -149,7 +151,8 @@ def _supernet_scorers(cfg: CheckConfig, data: ProxyData, trainer: TrainConfig, d
         def score_arch(arch: ArchSpec, seed: int) -> float:
             torch.manual_seed(seed)  # the fine-tuning's batches and dropout
             return score(pick(supernets, arch), arch, data, bn_batches=cfg.supernet_bn_batches,
-                         finetune_epochs=finetune, config=score_config(trainer, seed), metric=metric)
+                         finetune_epochs=finetune, config=score_config(trainer, seed), metric=metric,
+                         val_images=cfg.supernet_val_images)
         return score_arch
 
     methods = [m for m in cfg.proxies if is_supernet_method(m)]

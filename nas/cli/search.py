@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "trains besides the largest and the smallest [2]")
     g.add_argument("--supernet-bn-batches", type=int, help="training batches each candidate's BN statistics are "
                                                            "recalibrated on [20]")
+    g.add_argument("--supernet-val-images", type=int, help="score each candidate on the first N held-out images "
+                                                           "(0: all) [0]")
     g.add_argument("--supernet-finetune", type=float, help="epochs of fine-tuning from the inherited weights "
                                                            "before scoring (0.1: a tenth) [0]")
     g.add_argument("--supernet-score", help="accuracy (held-out top-1 with inherited weights) or likelihood "
@@ -224,7 +226,7 @@ def _supernet(cfg: SearchConfig, space: SearchSpace, data: ProxyData, tcfg: Trai
         torch.manual_seed(seed)  # the fine-tuning's dropout, when there is one
         return score(pick(supernets, arch), arch, data, bn_batches=cfg.supernet_bn_batches,  # the same BN batches
                      finetune_epochs=cfg.supernet_finetune, config=score_config(tcfg, cfg.seed),  # for every arch
-                     metric=cfg.supernet_score)
+                     metric=cfg.supernet_score, val_images=cfg.supernet_val_images)
     return _scored(inherited), supernet_digest(paths)
 
 

@@ -23,7 +23,8 @@ from nas.config.secrets import mask_url
 
 __all__ = ["MAX_SEED", "SEED_EXPECTED", "is_seed", "is_number", "is_whole",
            "ConfigError", "parse_count", "read_config_file", "make_config",
-           "check_types", "config_fields", "public_dict", "SUPERNET_FILES_EXPECTED", "supernet_files"]
+           "check_types", "config_fields", "public_dict", "SUPERNET_FILES_EXPECTED", "supernet_files",
+           "SUPERNET_VAL_IMAGES_EXPECTED", "check_supernet_val_images"]
 
 
 T = TypeVar("T")
@@ -58,6 +59,23 @@ def supernet_files(value: str | None) -> tuple[str, ...] | None:
     list); () without a value, None for an empty or repeated item."""
     files = tuple(item.strip() for item in str(value).split(",")) if value is not None else ()
     return files if all(files) and len(set(files)) == len(files) else None
+
+
+# what a bad --supernet-val-images (nas-search, nas-proxy-check) is told was expected
+SUPERNET_VAL_IMAGES_EXPECTED = "a whole number of held-out images >= 0 (0: all of them)"
+
+
+def check_supernet_val_images(value: int, num_val: int) -> None:
+    """``--supernet-val-images`` against the held-out images the data leaves, checked before the first score.
+
+    Raises:
+        ConfigError: more images than the held-out split holds.
+    """
+    if value > num_val:
+        raise ConfigError(f"--supernet-val-images must be at most the {num_val} held-out images that --val-size "
+                          f"leaves, but got {value!r}")
+
+
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 

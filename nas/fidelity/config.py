@@ -5,18 +5,24 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from nas.config import (
     SEED_EXPECTED,
     SUPERNET_FILES_EXPECTED,
+    SUPERNET_VAL_IMAGES_EXPECTED,
     ConfigError,
+    check_supernet_val_images,
     is_seed,
+    is_whole,
     make_config,
     parse_count,
     supernet_files,
 )
 from nas.proxy.config import ProxyTaskConfig, proxy_fields
+
+if TYPE_CHECKING:
+    from nas.proxy.data import ProxyData
 
 __all__ = ["DEFAULT_PROXIES", "TASK_FIELDS", "ZC_BATCHES", "CheckConfig", "format_epochs", "is_supernet_method",
            "parse_proxies"]
@@ -111,6 +117,7 @@ class CheckConfig:
     reference_seeds: int = 2
     supernet: str | None = None  # the trained supernet of the supernet proxies, or a comma list: a split supernet
     supernet_bn_batches: int = 20
+    supernet_val_images: int = 0  # score each candidate on the first N held-out images (0: all)
     task: ProxyTaskConfig = field(default_factory=ProxyTaskConfig)  # or a mapping of TASK_FIELDS
     out: str = "runs/proxy-check"
 
@@ -130,6 +137,11 @@ class CheckConfig:
             ("supernet", supernet_files(self.supernet) is not None, SUPERNET_FILES_EXPECTED),
             ("supernet_bn_batches", isinstance(self.supernet_bn_batches, int) and self.supernet_bn_batches >= 0,
              "a whole number of batches >= 0"),
+            ("supernet_val_images", is_whole(self.supernet_val_images) and self.supernet_val_images >= 0,
+             SUPERNET_VAL_IMAGES_EXPECTED),
+            ("supernet_val_images", self.supernet_val_images == 0
+             or not any(m.startswith("supernet+ft:") for m in self.proxies),
+             "0 with --proxies supernet+ft:EPOCHS (a fine-tuned copy is scored on the whole held-out split)"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -167,6 +179,12 @@ class CheckConfig:
             listed = ", ".join(m for m in self.proxies if is_supernet_method(m))
             raise ConfigError(f"--proxies {listed} needs --supernet, the trained supernet file "
                               f"(nas-search --proxy supernet trains one in its --out)")
+
+    def check_data(self, data: ProxyData) -> None:
+        """What needs the loaded data, checked before the first score: the proxy task's checks, and
+        ``--supernet-val-images`` against the held-out split."""
+        self.task.check_data(data)
+        check_supernet_val_images(self.supernet_val_images, data.num_val)
 
     @property
     def reference_method(self) -> str:

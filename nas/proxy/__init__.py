@@ -19,7 +19,7 @@ from nas.proxy.distributed import (
     broadcast_flag,
     init_from_env,
 )
-from nas.proxy.evaluation import autocast, evaluate, recalibrate_bn
+from nas.proxy.evaluation import autocast, evaluate, fold_bn, recalibrate_bn, recalibrate_on_calib
 from nas.proxy.imagefolder import IMAGE_EXTENSIONS, FolderSplit, list_image_folder
 from nas.proxy.readers import DataError, make_synthetic, read_cifar, read_digits, read_idx, read_idx_pair
 from nas.proxy.runtime import (
@@ -73,6 +73,8 @@ __all__ = [
     "average_bn_statistics",
     "autocast",
     "recalibrate_bn",
+    "recalibrate_on_calib",
+    "fold_bn",
     "evaluate",
     "DEVICE_FORMS",
     "is_device_name",

@@ -224,17 +224,20 @@ class ProxyData:
         """Full batches a process sees per epoch (the last partial batch is dropped)."""
         return self.num_train // world_size // batch_size
 
-    def shard(self, split: str, *, epoch: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    def shard(self, split: str, *, epoch: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+              limit: int | None = None) -> torch.Tensor:
         """Indices into ``split`` that process ``rank`` reads in ``epoch``.
 
         ``train`` and ``calib`` are shuffled by ``(seed, epoch)`` and cut into equal, disjoint
         shards; ``val`` is read in order, every ``world_size``-th image, so shards are disjoint
-        and together cover it.
+        and together cover it (its first ``limit`` images with ``limit``; ``val`` only).
         """
         if split == "val":
-            return torch.arange(rank, self.num_val, world_size)
+            return torch.arange(rank, self.num_val if limit is None else min(limit, self.num_val), world_size)
         if split not in ("train", "calib"):
             raise ValueError(f"unknown split {split!r}, expected 'train', 'calib' or 'val'")
+        if limit is not None:
+            raise ValueError(f"limit applies to the 'val' split only, but got {limit=} for {split!r}")
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(self.num_train, generator=generator)
         per_rank = self.num_train // world_size
@@ -242,15 +245,16 @@ class ProxyData:
 
     def batches(self, split: str, batch_size: int, *, epoch: int = 0, seed: int = 0, rank: int = 0,
                 world_size: int = 1, device: str | torch.device = "cpu", channels_last: bool = True,
-                augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                augment: Callable[[torch.Tensor], torch.Tensor] | None = None, limit: int | None = None,
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalized ``(images, labels)`` batches of this process's shard of ``split``.
 
         ``train`` and ``calib`` drop the last partial batch; ``val`` keeps it. ``augment`` maps each
         uint8 ``(B, C, R, R)`` batch, on ``device``, before it is normalized (``nas-train``'s augmentation).
+        ``limit``: read only the first ``limit`` images of ``val`` (``shard``).
         """
         device = torch.device(device)
-        order = self.shard(split, epoch=epoch, seed=seed, rank=rank, world_size=world_size)
+        order = self.shard(split, epoch=epoch, seed=seed, rank=rank, world_size=world_size, limit=limit)
         source = getattr(self, split)
         mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         inv_std = 1.0 / torch.tensor(self.std, device=device).view(1, -1, 1, 1)

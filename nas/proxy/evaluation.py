@@ -3,7 +3,9 @@
 With TF-style BN momentum (0.01 in PyTorch terms) the running statistics of a network trained
 for an epoch are still close to their initial values, and evaluating with them gives chance
 accuracy whatever the network learned. ``evaluate`` first replaces them by their exact average
-over training batches (``recalibrate_bn``), then scores the held-out split.
+over training batches (``recalibrate_bn``, on the data's ``calib`` batches: ``recalibrate_on_calib``),
+then scores the held-out split. ``fold_bn`` folds each BatchNorm into the convolution before it, for a
+network that is only evaluated afterwards (the same outputs to float rounding, fewer passes over memory).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, TypedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nas.proxy.data import ProxyData
 from nas.proxy.distributed import DistInfo, all_reduce_sum, average_bn_statistics
@@ -20,7 +23,7 @@ from nas.proxy.distributed import DistInfo, all_reduce_sum, average_bn_statistic
 if TYPE_CHECKING:
     from nas.proxy.train import TrainConfig
 
-__all__ = ["autocast", "recalibrate_bn", "evaluate"]
+__all__ = ["autocast", "recalibrate_bn", "recalibrate_on_calib", "fold_bn", "evaluate"]
 
 
 class _Shard(TypedDict):
@@ -68,24 +71,65 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]]
     return used
 
 
+def _shard(config: TrainConfig, device: torch.device, info: DistInfo) -> _Shard:
+    return _Shard(rank=info.rank, world_size=info.world_size, device=device, channels_last=config.channels_last)
+
+
+def recalibrate_on_calib(model: nn.Module, data: ProxyData, config: TrainConfig, *, device: torch.device,
+                         info: DistInfo = DistInfo(), calib_epoch: int = 0) -> int:  # noqa: B008 (a frozen dataclass)
+    """``recalibrate_bn`` on ``config.bn_recalibrate_batches`` of ``data``'s ``calib`` batches (shuffled by
+    ``(config.seed, calib_epoch)``), the statistics then averaged over all processes; what ``evaluate``
+    does first. Returns the number of batches used (0: the statistics are left as they were)."""
+    if not config.bn_recalibrate_batches:
+        return 0
+    calib = data.batches("calib", config.batch_size, epoch=calib_epoch, seed=config.seed,
+                         **_shard(config, device, info))
+    used = recalibrate_bn(model, calib, config.bn_recalibrate_batches, autocast(device, config.amp))
+    average_bn_statistics(model, info)
+    return used
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """Fold every ``BatchNorm2d`` that follows a ``Conv2d`` in an ``nn.Sequential`` into that convolution
+    (``fuse_conv_bn_eval``: its running statistics and affine map become the convolution's weight and bias),
+    the BatchNorm replaced by ``nn.Identity``. In place; returns ``model``.
+
+    For a network that is only evaluated afterwards: the outputs are the same to float rounding, its BN
+    statistics are fixed in the weights, and training it would no longer normalize.
+
+    Raises:
+        ValueError: ``model`` is in training mode.
+    """
+    if model.training:
+        raise ValueError("fold_bn folds BatchNorm for evaluation, but the model is in training mode; call "
+                         "model.eval() first")
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (first, conv), (second, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None:
+                setattr(module, first, fuse_conv_bn_eval(conv, bn))
+                setattr(module, second, nn.Identity())
+    return model
+
+
 def evaluate(model: nn.Module, data: ProxyData, config: TrainConfig, *, device: torch.device,
-             info: DistInfo = DistInfo(), calib_epoch: int = 0) -> tuple[float, float | None, float]:  # noqa: B008 (a frozen dataclass)
-    """Recalibrate BatchNorm (``config.bn_recalibrate_batches``) then score the held-out split.
+             info: DistInfo = DistInfo(), calib_epoch: int = 0,  # noqa: B008 (a frozen dataclass)
+             val_images: int | None = None) -> tuple[float, float | None, float]:
+    """Recalibrate BatchNorm (``config.bn_recalibrate_batches``: ``recalibrate_on_calib``) then score the
+    held-out split, or its first ``val_images`` images (None: all of them).
 
     Returns:
         ``(top-1 accuracy, top-5 accuracy or None, mean cross-entropy)`` over all processes.
     """
-    kw: _Shard = dict(rank=info.rank, world_size=info.world_size, device=device, channels_last=config.channels_last)
-    mixed = autocast(device, config.amp)
-    if config.bn_recalibrate_batches:
-        calib = data.batches("calib", config.batch_size, epoch=calib_epoch, seed=config.seed, **kw)
-        recalibrate_bn(model, calib, config.bn_recalibrate_batches, mixed)
-        average_bn_statistics(model, info)
+    recalibrate_on_calib(model, data, config, device=device, info=info, calib_epoch=calib_epoch)
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
     with torch.no_grad():
-        for x, y in data.batches("val", max(config.batch_size, 256), **kw):
+        for x, y in data.batches("val", max(config.batch_size, 256), limit=val_images,
+                                 **_shard(config, device, info)):
             with autocast(device, config.amp):
                 logits = model(x)
             logits = logits.float()

@@ -8,20 +8,27 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nas.config import (
     SEED_EXPECTED,
     SUPERNET_FILES_EXPECTED,
+    SUPERNET_VAL_IMAGES_EXPECTED,
     Choices,
     ConfigError,
+    check_supernet_val_images,
     is_number,
     is_seed,
+    is_whole,
     parse_count,
     supernet_files,
 )
 from nas.proxy.config import ProxyTaskConfig
 from nas.proxy.zero_cost import ZC_PROXIES
 from nas.search.study import PRUNER_REGISTRY, SAMPLER_REGISTRY
+
+if TYPE_CHECKING:
+    from nas.proxy.data import ProxyData
 
 # The names of the registries, read at every use: an entry added to a registry is a valid choice.
 SAMPLERS = Choices(SAMPLER_REGISTRY)
@@ -91,6 +98,7 @@ class SearchConfig(StudyConfig):
     supernet_epochs: float = 10.0  # its training when nas-search trains it
     supernet_random_subnets: int = 2  # random members per training step besides the largest and smallest
     supernet_bn_batches: int = 20  # training batches a candidate's BN statistics are recalibrated on
+    supernet_val_images: int = 0  # score each candidate on the first N held-out images (0: all)
     supernet_finetune: float = 0.0  # epochs of fine-tuning from the inherited weights before scoring
     supernet_score: str = "accuracy"  # or "likelihood": exp(-held-out cross-entropy), the finer ranking
     prescreen: str | None = None  # "K:k": score K sampled architectures, queue the best k to train first
@@ -129,6 +137,10 @@ class SearchConfig(StudyConfig):
              "a whole number of batches >= 0"),
             ("supernet_finetune", is_number(self.supernet_finetune) and self.supernet_finetune >= 0,
              "a number of epochs >= 0"),
+            ("supernet_val_images", is_whole(self.supernet_val_images) and self.supernet_val_images >= 0,
+             SUPERNET_VAL_IMAGES_EXPECTED),
+            ("supernet_val_images", self.supernet_val_images == 0 or self.supernet_finetune == 0,
+             "0 with --supernet-finetune (a fine-tuned copy is scored on the whole held-out split)"),
             ("supernet_score", self.supernet_score in SUPERNET_SCORES, f"one of {', '.join(SUPERNET_SCORES)}"),
             ("supernet_score", self.supernet_score == "accuracy" or self.proxy == "supernet",
              "accuracy unless --proxy supernet"),
@@ -149,6 +161,11 @@ class SearchConfig(StudyConfig):
             if not ok:
                 raise ConfigError(f"--{name.replace('_', '-')} must be {expected}, but got {getattr(self, name)!r}")
         super().__post_init__()  # the controller's and the proxy task's own checks
+
+    def check_data(self, data: ProxyData) -> None:
+        """The proxy task's checks of the loaded data, and ``--supernet-val-images`` against its held-out split."""
+        super().check_data(data)
+        check_supernet_val_images(self.supernet_val_images, data.num_val)
 
     @property
     def supernet_files(self) -> tuple[str, ...]:

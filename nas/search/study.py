@@ -96,7 +96,8 @@ def study_directions(cfg: SearchConfig) -> list[str]:
 
 
 # Settings stored only when they differ from these values: absent, on either side, means the value.
-ABSENT_MEANS: dict[str, object] = {"proxy": "train", "cost": "macs", "supernet_score": "accuracy"}
+ABSENT_MEANS: dict[str, object] = {"proxy": "train", "cost": "macs", "supernet_score": "accuracy",
+                                   "supernet_val_images": 0}
 
 
 def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, object]:
@@ -105,7 +106,8 @@ def search_settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, object]:
                 "reward": cfg.reward, "reward_exponent": cfg.reward_exponent, "dataset": cfg.dataset}
     settings.update(proxy=cfg.proxy, cost=cfg.cost, supernet_score=cfg.supernet_score)
     if cfg.proxy == "supernet":
-        settings.update(supernet_bn_batches=cfg.supernet_bn_batches, supernet_finetune=cfg.supernet_finetune)
+        settings.update(supernet_bn_batches=cfg.supernet_bn_batches, supernet_finetune=cfg.supernet_finetune,
+                        supernet_val_images=cfg.supernet_val_images)
     if cfg.cost == "latency":
         settings["target_latency"] = cfg.target_latency
     # a value ABSENT_MEANS gives is left out: studies made before its option hold no such key

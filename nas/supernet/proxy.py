@@ -50,10 +50,11 @@ def supernet_digest(paths: Sequence[str | Path]) -> str:
     return "+".join(file_digest(p) for p in paths)
 
 
-def supernet_tag(paths: Sequence[str | Path], bn_batches: int) -> str:
-    """``@<supernet_digest>/bn<batches>``: what a supernet proxy's name carries in a score cache, so the scores of
-    other weights (or another split) are never reused."""
-    return f"@{supernet_digest(paths)}/bn{bn_batches}"
+def supernet_tag(paths: Sequence[str | Path], bn_batches: int, val_images: int = 0) -> str:
+    """``@<supernet_digest>/bn<batches>``, with ``/v<val_images>`` when the scores are on the first ``val_images``
+    held-out images (0: all, no suffix): what a supernet proxy's name carries in a score cache, so the scores of
+    other weights (or another split, or other images) are never reused."""
+    return f"@{supernet_digest(paths)}/bn{bn_batches}" + (f"/v{val_images}" if val_images else "")
 
 
 def prepare_supernet(space: SearchSpace, data: ProxyData, path: str | Path, device: str | torch.device,
