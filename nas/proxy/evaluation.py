@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, TypedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from nas.proxy.data import ProxyData
 from nas.proxy.distributed import DistInfo, all_reduce_sum, average_bn_statistics
@@ -91,8 +91,8 @@ def recalibrate_on_calib(model: nn.Module, data: ProxyData, config: TrainConfig,
 
 def fold_bn(model: nn.Module) -> nn.Module:
     """Fold every ``BatchNorm2d`` that follows a ``Conv2d`` in an ``nn.Sequential`` into that convolution
-    (``fuse_conv_bn_eval``: its running statistics and affine map become the convolution's weight and bias),
-    the BatchNorm replaced by ``nn.Identity``. In place; returns ``model``.
+    (as ``fuse_conv_bn_eval``, without its copy: its running statistics and affine map become the
+    convolution's weight and bias), the BatchNorm replaced by ``nn.Identity``. In place; returns ``model``.
 
     For a network that is only evaluated afterwards: the outputs are the same to float rounding, its BN
     statistics are fixed in the weights, and training it would no longer normalize.
@@ -107,11 +107,20 @@ def fold_bn(model: nn.Module) -> nn.Module:
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
-        for (first, conv), (second, bn) in zip(children, children[1:]):
+        for (_, conv), (second, bn) in zip(children, children[1:]):
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None:
-                setattr(module, first, fuse_conv_bn_eval(conv, bn))
+                _fold_into(conv, bn)
                 setattr(module, second, nn.Identity())
     return model
+
+
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """``fuse_conv_bn_eval`` without its deep copy: ``conv`` takes ``bn``'s statistics and affine map in place."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    with torch.no_grad():
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                            bn.weight, bn.bias)
+    conv.weight, conv.bias = weight, bias
 
 
 def evaluate(model: nn.Module, data: ProxyData, config: TrainConfig, *, device: torch.device,

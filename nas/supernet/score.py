@@ -48,11 +48,10 @@ def extract_model(supernet: Supernet, arch: ArchSpec) -> Network:
     Raises:
         SupernetError: ``arch`` is not an architecture the supernet can run.
     """
-    weights = supernet.extract(arch)
-    reference = next(iter(weights.values()))
-    model = build_model(arch, supernet.num_classes, supernet.in_chans)
-    model.to(device=reference.device, dtype=supernet.classifier.weight.dtype)
-    model.load_state_dict(weights, strict=True)
+    weights = supernet.extract(arch)  # copies: the model never shares memory with the supernet
+    with torch.device("meta"):  # no initial weights to compute: every tensor is the supernet's
+        model = build_model(arch, supernet.num_classes, supernet.in_chans)
+    model.load_state_dict(weights, strict=True, assign=True)
     return model.eval()
 
 
