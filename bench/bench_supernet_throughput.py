@@ -14,6 +14,7 @@ ratio, and the scores' Kendall tau against the reference's 5-epoch stand-alone a
     python bench/bench_supernet_throughput.py --out runs/throughput                  # trains 15 epochs first
     python bench/bench_supernet_throughput.py --supernet runs/throughput/base.pt --train-seconds 362 \\
         --bn-batches 2 --val-images 500 --baseline 20 --baseline-seed 1    # and train:1's tau at seed 1
+    python bench/bench_supernet_throughput.py --out runs/lr02 --epochs 10 --lr 0.02 --seed 3   # another recipe
 
 Data: Fashion-MNIST, 5,000 training and 2,000 held-out images, split seed 0, 32 px (the proxy check's).
 """
@@ -41,7 +42,8 @@ def supernet_seconds(args: argparse.Namespace, data: ProxyData) -> tuple[Path, f
     if args.supernet:
         return args.supernet, args.train_seconds
     args.out.mkdir(parents=True, exist_ok=True)
-    cfg = SupernetTrainConfig(epochs=args.epochs, threads=args.threads, device="cpu", seed=args.seed)
+    cfg = SupernetTrainConfig(epochs=args.epochs, threads=args.threads, device="cpu", seed=args.seed, lr=args.lr,
+                              random_subnets=args.random_subnets)
     torch.manual_seed(args.seed)
     net = Supernet(default_space(), data.num_classes, data.in_chans)
     path = args.out / "base.pt"
@@ -55,6 +57,9 @@ def main() -> None:
     p.add_argument("--train-seconds", type=float, default=0.0)
     p.add_argument("--epochs", type=float, default=15.0, help="the supernet's training when it is trained here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=SupernetTrainConfig.lr, help="the supernet's peak learning rate")
+    p.add_argument("--random-subnets", type=int, default=SupernetTrainConfig.random_subnets,
+                   help="random members per step besides the largest and the smallest")
     p.add_argument("--reference", type=Path, default=Path("docs/proxy-check-supernet-r4e30-bn5-fashion-mnist.csv"))
     p.add_argument("--bn-batches", type=int, default=5)
     p.add_argument("--val-images", type=int, default=0, help="held-out images a candidate is scored on (0: all)")
