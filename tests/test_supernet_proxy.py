@@ -278,6 +278,17 @@ def test_folded_scoring_equals_the_unfolded_evaluation(searched, monkeypatch) ->
     assert folded == [True] * 4
 
 
+def test_evaluate_reads_every_held_out_image_with_val_images_none_or_0(searched) -> None:
+    supernet, data = load_supernet(searched / "supernet.pt"), digits()
+    model = extract_model(supernet, resolve_arch("efficientnet-b0"))
+    config = TrainConfig(batch_size=64, device="cpu", threads=1)
+    with torch_threads(1):
+        every, zero, first = (evaluate(model, data, config, device=torch.device("cpu"), val_images=n)
+                              for n in (None, 0, 40))
+    assert every == zero and every != first  # 0 is not "no images" (a division by zero before)
+    assert first[0] * 40 == pytest.approx(round(first[0] * 40))  # 40 images: hits are whole
+
+
 def test_val_images_scores_the_first_held_out_images(searched) -> None:
     supernet, data, arch = load_supernet(searched / "supernet.pt"), digits(), resolve_arch("efficientnet-b0")
     config = TrainConfig(batch_size=64, device="cpu", threads=1)

@@ -127,7 +127,7 @@ def evaluate(model: nn.Module, data: ProxyData, config: TrainConfig, *, device: 
              info: DistInfo = DistInfo(), calib_epoch: int = 0,  # noqa: B008 (a frozen dataclass)
              val_images: int | None = None) -> tuple[float, float | None, float]:
     """Recalibrate BatchNorm (``config.bn_recalibrate_batches``: ``recalibrate_on_calib``) then score the
-    held-out split, or its first ``val_images`` images (None: all of them).
+    held-out split, or its first ``val_images`` images (None or 0: all of them).
 
     Returns:
         ``(top-1 accuracy, top-5 accuracy or None, mean cross-entropy)`` over all processes.
@@ -137,7 +137,7 @@ def evaluate(model: nn.Module, data: ProxyData, config: TrainConfig, *, device: 
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
     with torch.no_grad():
-        for x, y in data.batches("val", max(config.batch_size, 256), limit=val_images,
+        for x, y in data.batches("val", max(config.batch_size, 256), limit=val_images or None,
                                  **_shard(config, device, info)):
             with autocast(device, config.amp):
                 logits = model(x)
