@@ -34,7 +34,7 @@ from nas.proxy import ProxyData
 from nas.proxy.data import load_data
 from nas.supernet import Supernet, SupernetTrainConfig, score
 from nas.supernet.checkpoint import load_supernet
-from search_spaces import default_space
+from search_spaces import ArchSpec, default_space
 
 
 def supernet_seconds(args: argparse.Namespace, data: ProxyData) -> tuple[Path, float]:
@@ -77,10 +77,14 @@ def main() -> None:
     path, train_seconds = supernet_seconds(args, data)
     rows = read_reference(args.reference)
     net = load_supernet(path).eval()
-    score(net, rows[0][1], data, bn_batches=args.bn_batches, metric="loss", val_images=args.val_images)  # warm-up
-    start, scores = time.perf_counter(), []
-    for _, arch, _ in rows:
-        scores.append(score(net, arch, data, bn_batches=args.bn_batches, metric="loss", val_images=args.val_images))
+    reference = [r for _, _, r in rows]
+
+    def loss_score(arch: ArchSpec) -> float:
+        return score(net, arch, data, bn_batches=args.bn_batches, metric="loss", val_images=args.val_images)
+
+    loss_score(rows[0][1])  # warm-up
+    start = time.perf_counter()
+    scores = [loss_score(arch) for _, arch, _ in rows]
     scoring = (time.perf_counter() - start) / len(rows)
     start = time.perf_counter()
     trained = [measure(Item(arch, "train:1", args.baseline_seed), data, trainer, "cpu") for _, arch, _ in
@@ -94,9 +98,9 @@ def main() -> None:
     print(f"s/candidate: supernet {ours:.3f}, train:1 {baseline:.2f} (first {args.baseline}); candidates per "
           f"CPU-hour: {per_hour / ours:.0f} vs {per_hour / baseline:.0f}; ratio {baseline / ours:.1f}x")
     print(f"supernet-loss vs the 5-epoch reference: tau [95% CI], rho [95% CI]: "
-          f"{agreement(scores, [r for _, _, r in rows])}")
+          f"{agreement(scores, reference)}")
     if len(trained) == len(rows):
-        print(f"train:1 (seed {args.baseline_seed}) vs the reference: {agreement(trained, [r for _, _, r in rows])}")
+        print(f"train:1 (seed {args.baseline_seed}) vs the reference: {agreement(trained, reference)}")
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / f"scores-bn{args.bn_batches}-v{args.val_images}.npy", np.array(scores))
 
